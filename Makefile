@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (set up + train the toy stages + sample) and
+# `make test` (set up + run the whole test suite). Both create .venv if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+RUN_ROOT ?= runs/demo
+DATA ?= data/toy
+
+.PHONY: demo test install clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m vldm.data.toy --root $(DATA)
+	$(BIN)/python train.py -m experiment=toy paths.data_dir=$(DATA) stage=autoencoder,image,video,hq
+	$(BIN)/python sample.py checkpoint=$(RUN_ROOT)/hq image=$(DATA)/first_frames output_dir=$(RUN_ROOT)/samples
+	$(BIN)/python -m vldm.evaluation.toy_check --checkpoint $(RUN_ROOT)/hq --data $(DATA) --out $(RUN_ROOT)/toy_check.json
+	$(BIN)/python -m vldm.demo_summary $(RUN_ROOT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=10
+
+clean-demo:
+	rm -rf $(RUN_ROOT)

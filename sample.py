@@ -1,0 +1,16 @@
+"""Image-to-video from a trained checkpoint: `python sample.py checkpoint=RUN_DIR image=PATH`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from vldm.sampling.run import sample_videos
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    for path in sample_videos(cfg):
+        print(f"[vldm] wrote {path} (+ .gif, .json)")
+
+
+if __name__ == "__main__":
+    main()

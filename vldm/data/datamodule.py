@@ -1,0 +1,97 @@
+"""Lightning data module over webdataset shards (video clips or still images)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from vldm.data.shards import ImageDataset, ShardDataset, VideoClipDataset, resolve_shards
+
+ShardSpec = str | list[str]
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Infinite shuffled training stream plus a small fixed validation set from tar shards.
+
+    ``kind="video"`` yields ``video``/``txt``/``fps_id``/``motion_bucket_id`` batches,
+    ``kind="image"`` yields ``jpg``/``txt`` batches (see :mod:`vldm.data.shards`).
+    """
+
+    def __init__(
+        self,
+        train_shards: ShardSpec,
+        val_shards: ShardSpec | None = None,
+        kind: str = "video",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        num_frames: int = 8,
+        size: int = 32,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        filter: dict[str, Any] | None = None,  # noqa: A002 - the public name of the option
+        val_samples: int = 8,
+    ) -> None:
+        super().__init__()
+        if kind not in ("video", "image"):
+            raise ValueError(f"kind must be 'video' or 'image', got {kind!r}")
+        self.train_shards = train_shards
+        self.val_shards = val_shards
+        self.kind = kind
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.num_frames = num_frames
+        self.size = size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.filter = dict(filter) if filter else None
+        self.val_samples = val_samples
+        self.train_dataset: ShardDataset | None = None
+        self.val_dataset: ShardDataset | None = None
+        self._datasets: list[ShardDataset] = []
+
+    def _make(self, shards: list[str], **kw: Any) -> ShardDataset:
+        common = dict(shards=shards, size=self.size, seed=self.seed, filter=self.filter, **kw)
+        if self.kind == "video":
+            dataset: ShardDataset = VideoClipDataset(num_frames=self.num_frames, **common)
+        else:
+            dataset = ImageDataset(**common)
+        self._datasets.append(dataset)
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve shards (``FileNotFoundError`` with a hint if missing) and build the datasets."""
+        if self.train_dataset is None:
+            shards = resolve_shards(self.train_shards)
+            self.train_dataset = self._make(shards, shuffle_buffer=self.shuffle_buffer, repeat=True)
+        if self.val_dataset is None and self.val_shards and self.val_samples > 0:
+            shards = resolve_shards(self.val_shards)
+            self.val_dataset = self._make(
+                shards, shuffle_buffer=0, repeat=False, max_samples=self.val_samples, shuffle_shards=False
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        """Infinite loader of shuffled batches (``drop_last``: all batches are full)."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            drop_last=True,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The first ``val_samples`` validation samples, same order every time; ``[]`` if none."""
+        if self.train_dataset is None:
+            self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return DataLoader(self.val_dataset, batch_size=min(self.batch_size, self.val_samples), num_workers=0)
+
+    @property
+    def num_skipped(self) -> int:
+        """Samples skipped so far by every dataset this module created (workers included)."""
+        return sum(d.num_skipped for d in self._datasets)

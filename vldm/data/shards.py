@@ -1,0 +1,383 @@
+"""Streaming video/image datasets over webdataset-style tar shards.
+
+A sample is the group of consecutive tar members sharing a key (``dir/key.ext``, key = the file
+name up to its first dot), e.g. ``000012.mp4`` + ``000012.json``. Shards are split across DDP
+ranks and DataLoader workers so that no sample is seen twice per pass; undecodable samples are
+skipped, counted and logged, and never stop the iteration.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import tarfile
+from multiprocessing.context import get_spawning_popen
+from multiprocessing.sharedctypes import RawArray
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from vldm.data.video_io import VideoDecodeError, read_video
+
+logger = logging.getLogger(__name__)
+
+MAKE_TOY_HINT = "make toy data with `python -m vldm.data.toy --root data/toy`"
+VIDEO_EXTS = ("mp4", "webm", "mov", "mkv", "avi")
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+_SKIP_SLOTS = 256  # >= DataLoader workers per process
+
+
+def _is_url(spec: str) -> bool:
+    return "://" in spec or spec.startswith("pipe:")
+
+
+def resolve_shards(spec: str | Path | list[str] | tuple[str, ...]) -> list[str]:
+    """Expand a directory (its ``*.tar``), glob, brace pattern or list into a list of shard paths.
+
+    URLs (``s3://...``, ``pipe:...``) pass through unchanged. Raises ``FileNotFoundError`` when a
+    path is missing or nothing matches.
+    """
+    from braceexpand import braceexpand
+
+    if isinstance(spec, (list, tuple)) or (hasattr(spec, "__iter__") and not isinstance(spec, (str, Path))):
+        items = [str(s) for s in spec]
+        if not items:
+            raise FileNotFoundError(f"empty list of shards given; {MAKE_TOY_HINT}")
+        return [shard for item in items for shard in resolve_shards(item)]
+    spec = str(spec)
+    shards: list[str] = []
+    for item in braceexpand(spec):
+        if _is_url(item):
+            shards.append(item)
+        elif os.path.isdir(item):
+            found = sorted(glob.glob(os.path.join(glob.escape(item), "*.tar")))
+            if not found:
+                raise FileNotFoundError(f"no *.tar shards in directory '{item}'; {MAKE_TOY_HINT}")
+            shards += found
+        elif glob.has_magic(item):
+            found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
+            if not found:
+                raise FileNotFoundError(f"no shards match '{item}'; {MAKE_TOY_HINT}")
+            shards += found
+        elif os.path.isfile(item):
+            shards.append(item)
+        else:
+            raise FileNotFoundError(f"shard path '{item}' does not exist (from '{spec}'); {MAKE_TOY_HINT}")
+    return shards
+
+
+def _open(shard: str) -> BinaryIO:
+    if _is_url(shard):
+        from webdataset.gopen import gopen
+
+        return gopen(shard, "rb")
+    return open(shard, "rb")
+
+
+def iter_tar_samples(shard: str) -> Iterator[dict[str, Any]]:
+    """Yield ``{"__key__", "__url__", ext: bytes, ...}`` groups from one tar shard, streaming."""
+    current: dict[str, Any] | None = None
+    with _open(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            dirname, base = os.path.split(member.name)
+            if base.startswith(".") or "." not in base:
+                continue
+            stem, ext = base.split(".", 1)
+            key = os.path.join(dirname, stem) if dirname else stem
+            fileobj = tar.extractfile(member)
+            data = fileobj.read() if fileobj is not None else b""
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": shard}
+            current[ext.lower()] = data
+    if current is not None:
+        yield current
+
+
+def _rank_world() -> tuple[int, int]:
+    """Global (rank, world) over DDP processes x DataLoader workers."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    info = get_worker_info()
+    if info is None:
+        return rank, world
+    return rank * info.num_workers + info.id, world * info.num_workers
+
+
+def _matches(meta: dict[str, Any], spec: dict[str, Any]) -> bool:
+    for key, want in spec.items():
+        if key not in meta:
+            return False
+        value = meta[key]
+        if isinstance(want, dict) and ({"min", "max"} & set(want)):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                return False
+            if "min" in want and want["min"] is not None and value < float(want["min"]):
+                return False
+            if "max" in want and want["max"] is not None and value > float(want["max"]):
+                return False
+        elif value != want:
+            return False
+    return True
+
+
+def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``(..., H, W, 3)`` uint8 frames so the short side is ``size``, then center-crop square."""
+    h, w = frames.shape[-3:-1]
+    if (h, w) == (size, size):
+        return frames
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    flat = frames.reshape(-1, h, w, 3)
+    out = np.stack([cv2.resize(f, (nw, nh), interpolation=interp) for f in flat])
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return out[:, top : top + size, left : left + size].reshape(*frames.shape[:-3], size, size, 3)
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
+    return x.movedim(-1, -3).contiguous()
+
+
+class _SkipSample(Exception):
+    """Raised by a decoder to drop one sample (counted and logged)."""
+
+
+class ShardDataset(IterableDataset):
+    """Base: shard splitting, epochs, filtering, shuffle buffer and skip accounting."""
+
+    def __init__(
+        self,
+        shards: str | list[str],
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        repeat: bool = True,
+        filter: dict[str, Any] | None = None,  # noqa: A002 - the public name of the option
+        max_samples: int | None = None,
+        shuffle_shards: bool = True,
+    ) -> None:
+        super().__init__()
+        self.shards = resolve_shards(shards)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.repeat = repeat
+        self.filter = dict(filter) if filter else None
+        self.max_samples = max_samples
+        self.shuffle_shards = shuffle_shards
+        self.epoch = 0
+        # Shared memory, one slot per DataLoader worker (no locking needed), so the parent
+        # process sees what its workers skipped.
+        self._skipped = RawArray("q", _SKIP_SLOTS)
+
+    @property
+    def num_skipped(self) -> int:
+        """Samples dropped because they were undecodable or too short (plus unreadable shards)."""
+        return int(sum(self._skipped))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Starting a worker process shares the counters; any other pickle/deepcopy takes a copy.
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None:
+            state["_skipped"] = list(self._skipped)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["_skipped"], list):
+            counts = RawArray("q", _SKIP_SLOTS)
+            counts[:] = state["_skipped"]
+            state["_skipped"] = counts
+        self.__dict__.update(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        """First epoch of the next iteration (shard order and shuffling depend on seed + epoch)."""
+        self.epoch = int(epoch)
+
+    def _skip(self, key: str, reason: str) -> None:
+        info = get_worker_info()
+        self._skipped[0 if info is None else info.id % _SKIP_SLOTS] += 1
+        logger.warning("skipping sample %r: %s", key, reason)
+
+    def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _raw(self, epoch: int, rank: int, world: int, stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Raw samples of one pass for this worker: filtered, split, not yet decoded.
+
+        Sets ``stats["by_shard"]`` and counts ``stats["matched"]`` (samples passing the filter).
+        """
+        shards = list(self.shards)
+        if self.shuffle_shards:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
+            shards = [shards[i] for i in order]
+        # Enough shards: each worker reads its own. Otherwise (or when the pass is capped by
+        # max_samples) every worker reads all shards and keeps every world-th sample.
+        by_shard = len(shards) >= world and self.max_samples is None
+        if by_shard:
+            shards = shards[rank::world]
+        stats.update(by_shard=by_shard, matched=0)
+        index = 0
+        for shard in shards:
+            try:
+                for sample in iter_tar_samples(shard):
+                    meta = self._meta(sample)
+                    if isinstance(meta, str):  # unparsable json: count it in one worker only
+                        if by_shard or rank == 0:
+                            self._skip(sample["__key__"], meta)
+                        continue
+                    if self.filter and not _matches(meta, self.filter):
+                        continue
+                    if self.max_samples is not None and index >= self.max_samples:
+                        return
+                    mine = by_shard or index % world == rank
+                    index += 1
+                    stats["matched"] = index
+                    if mine:
+                        sample["__meta__"] = meta
+                        yield sample
+            except (tarfile.TarError, OSError, EOFError) as err:
+                if by_shard or rank == 0:  # count a broken shard once, not once per worker
+                    self._skip(f"{shard}", f"unreadable shard ({type(err).__name__}: {err}); rest of shard dropped")
+
+    @staticmethod
+    def _meta(sample: dict[str, Any]) -> dict[str, Any] | str:
+        """The sample's json metadata (caption from ``txt`` if missing), or an error message."""
+        raw = sample.get("json")
+        if raw is None:
+            meta: dict[str, Any] = {}
+        else:
+            try:
+                meta = json.loads(raw)
+                if not isinstance(meta, dict):
+                    raise ValueError(f"json is a {type(meta).__name__}, not an object")
+            except ValueError as err:
+                return f"bad json ({err})"
+        if "caption" not in meta and "txt" in sample:
+            meta["caption"] = sample["txt"].decode("utf-8", errors="replace").strip()
+        return meta
+
+    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        if self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buffer: list[dict[str, Any]] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = int(rng.integers(len(buffer)))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+        while buffer:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world = _rank_world()
+        epoch = self.epoch
+        while True:
+            rng, stats, produced = np.random.default_rng([self.seed, epoch, rank]), {}, 0
+            for sample in self._shuffled(self._raw(epoch, rank, world, stats), rng):
+                try:
+                    out = self.decode(sample, sample.pop("__meta__"))
+                except _SkipSample as err:
+                    self._skip(sample["__key__"], str(err))
+                    continue
+                out["__key__"] = sample["__key__"]
+                produced += 1
+                yield out
+            if not self.repeat:
+                return
+            if produced == 0:  # repeating would spin forever without yielding
+                if not stats["by_shard"] and 0 < stats["matched"] <= rank:
+                    return  # fewer samples than workers: this one simply has none
+                raise RuntimeError(
+                    f"a full pass over {len(self.shards)} shard(s) gave this worker no usable samples "
+                    f"({stats['matched']} matched filter={self.filter}, {self.num_skipped} skipped; see the "
+                    "warnings above)"
+                )
+            epoch += 1
+
+
+class VideoClipDataset(ShardDataset):
+    """Yields ``video`` float32 ``(T, 3, size, size)`` in [-1, 1], ``txt``, ``fps_id``,
+    ``motion_bucket_id`` and ``__key__`` from ``mp4`` + ``json`` samples (first ``num_frames``
+    frames of each clip; shorter or undecodable clips are skipped and counted)."""
+
+    def __init__(
+        self,
+        shards: str | list[str],
+        num_frames: int,
+        size: int,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        repeat: bool = True,
+        filter: dict[str, Any] | None = None,  # noqa: A002
+        max_samples: int | None = None,
+        shuffle_shards: bool = True,
+        default_motion_bucket_id: int = 127,
+    ) -> None:
+        super().__init__(shards, shuffle_buffer, seed, repeat, filter, max_samples, shuffle_shards)
+        self.num_frames = int(num_frames)
+        self.size = int(size)
+        self.default_motion_bucket_id = default_motion_bucket_id
+
+    def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        ext = next((e for e in VIDEO_EXTS if e in sample), None)
+        if ext is None:
+            raise _SkipSample(f"no video member (has {sorted(k for k in sample if not k.startswith('__'))})")
+        try:
+            frames, fps = read_video(sample[ext], max_frames=self.num_frames)
+        except VideoDecodeError as err:
+            raise _SkipSample(str(err)) from None
+        if len(frames) < self.num_frames:
+            raise _SkipSample(f"only {len(frames)} frames, need {self.num_frames}")
+        fps = meta.get("fps", fps)
+        return {
+            "video": _to_tensor(resize_center_crop(frames, self.size)),
+            "txt": str(meta.get("caption", "")),
+            "fps_id": max(int(round(float(fps))) - 1, 0),
+            "motion_bucket_id": int(meta.get("motion_bucket_id", self.default_motion_bucket_id)),
+        }
+
+
+class ImageDataset(ShardDataset):
+    """Yields ``jpg`` float32 ``(3, size, size)`` in [-1, 1], ``txt`` and ``__key__`` from
+    ``png``/``jpg`` + ``json`` samples."""
+
+    def __init__(
+        self,
+        shards: str | list[str],
+        size: int,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        repeat: bool = True,
+        filter: dict[str, Any] | None = None,  # noqa: A002
+        max_samples: int | None = None,
+        shuffle_shards: bool = True,
+    ) -> None:
+        super().__init__(shards, shuffle_buffer, seed, repeat, filter, max_samples, shuffle_shards)
+        self.size = int(size)
+
+    def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        if ext is None:
+            raise _SkipSample(f"no image member (has {sorted(k for k in sample if not k.startswith('__'))})")
+        image = cv2.imdecode(np.frombuffer(sample[ext], np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise _SkipSample(f"cannot decode {ext} ({len(sample[ext])} bytes, starting {sample[ext][:16]!r})")
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return {"jpg": _to_tensor(resize_center_crop(image, self.size)), "txt": str(meta.get("caption", ""))}

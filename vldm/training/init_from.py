@@ -1,0 +1,62 @@
+"""Stage transitions: start a stage from the previous stage's exported weights.
+
+``full``: the file holds this very model (hq from video); every key must match.
+``inflate``: the file holds an image model (video from image): its UNet is inflated into this
+video UNet (:func:`vldm.nn.inflate.load_image_weights`), its autoencoder and latent scale are
+taken over strictly, and the conditioner keeps its own weights (image-to-video conditioning
+replaces the text conditioning of stage 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from vldm.checkpoints.safe_load import CheckpointError, load_state_dict_file, load_strict
+from vldm.nn.inflate import load_image_weights
+from vldm.training.module import DiffusionModule
+
+log = logging.getLogger(__name__)
+
+UNET = "model.diffusion_model."
+FIRST_STAGE = "first_stage_model."
+
+
+def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def init_from(module: DiffusionModule, path: str | Path, mode: str = "full") -> None:
+    state = load_state_dict_file(path)
+    if mode == "full":
+        own = {k for k in module.state_dict() if not k.startswith("model_ema.")}
+        state = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        if missing or unexpected:
+            raise CheckpointError(f"{path} does not match this model: missing keys {missing[:12]} "
+                                  f"({len(missing)}), unexpected keys {unexpected[:12]} ({len(unexpected)})")
+        module.load_state_dict(state, strict=False)  # keys checked above; model_ema is re-synced below
+    elif mode == "inflate":
+        unet = _sub(state, UNET)
+        if not unet:
+            raise CheckpointError(f"{path} has no {UNET}* keys to inflate")
+        load_image_weights(module.network, unet)
+        load_strict(module.first_stage_model, _sub(state, FIRST_STAGE), what=f"{path} ({FIRST_STAGE}*)")
+        if "scale_factor" in state and module.scale_by_std:
+            module.scale_factor.copy_(state["scale_factor"])
+    else:
+        raise ValueError(f"init_from mode must be 'full' or 'inflate', got {mode!r}")
+    if module.model_ema is not None:
+        module.model_ema.sync(module.network)
+    log.info("initialised from %s (%s)", path, mode)
+
+
+def load_first_stage(module: DiffusionModule, path: str | Path) -> None:
+    """Load pretrained autoencoder weights (``first_stage_model.*`` keys, or bare ones)."""
+    state = load_state_dict_file(path)
+    sub = _sub(state, FIRST_STAGE) or state
+    load_strict(module.first_stage_model, sub, what=f"{path} (autoencoder)")
+    if "scale_factor" in state and module.scale_by_std:
+        module.scale_factor.copy_(state["scale_factor"])

@@ -1,0 +1,191 @@
+"""One LightningModule for the three stages of the SVD recipe.
+
+A stage is configuration: which network (image UNet, or video UNet after :func:`inflate`),
+which conditioner (text for stage 1; CLIP image + conditioning-frame latent + fps / motion /
+noise-augmentation vector for image-to-video), which data, which parameters train. The
+attribute names give checkpoints the SGM layout: ``model.diffusion_model.*``,
+``first_stage_model.*``, ``conditioner.embedders.{i}.*``.
+
+Training loss (Karras et al., 2022): ``lambda(sigma) ||D(z + sigma n; sigma) - z||^2`` with one
+``sigma`` per video (all frames share it), ``z`` the scaled autoencoder latent.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from vldm.conditioning.conditioner import Conditioner
+from vldm.conditioning.i2v_inputs import LogNormalCondAug, expand_to_frames, i2v_inputs
+from vldm.conditioning.scalar_embedders import ConditioningFrameEncoder
+from vldm.diffusion.denoiser import Denoiser
+from vldm.nn.inflate import temporal_parameter_names
+from vldm.nn.unet import UNet
+from vldm.sampling.pipeline import LatentDiffusionSampler, SamplerConfig
+from vldm.training.ema import EMA
+
+log = logging.getLogger(__name__)
+
+
+class DiffusionWrapper(nn.Module):
+    """Holds the network as ``diffusion_model`` (the SGM name) and calls it."""
+
+    def __init__(self, network: UNet) -> None:
+        super().__init__()
+        self.diffusion_model = network
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.diffusion_model(x, c_noise, **kwargs)
+
+
+class DiffusionModule(pl.LightningModule):
+    def __init__(self, network: UNet, first_stage: nn.Module, conditioner: Conditioner, denoiser: Denoiser,
+                 sigma_sampler: Any, loss_weighting: Any, scale_factor: float | None = 0.18215, lr: float = 1e-4,
+                 weight_decay: float = 0.0, ema_decay: float | None = 0.999, trainable: str = "all",
+                 image_to_video: bool = False, cond_aug: LogNormalCondAug | None = None,
+                 sampler: SamplerConfig | dict | None = None, sample_dir: str | None = None,
+                 sample_fps: int = 8) -> None:
+        super().__init__()
+        self.model = DiffusionWrapper(network)
+        self.first_stage_model = first_stage.eval().requires_grad_(False)
+        for embedder in conditioner.embedders:  # the conditioning frame uses the first stage unless given its own
+            if isinstance(embedder, ConditioningFrameEncoder) and embedder.encoder is None:
+                embedder.encoder = self.first_stage_model
+        self.conditioner = conditioner.requires_grad_(False)
+        self.denoiser = denoiser
+        self.sigma_sampler, self.loss_weighting = sigma_sampler, loss_weighting
+        # scale_factor=None: set it to 1 / std of the first training batch's latents and keep it
+        # in the state dict (LDM's ``scale_by_std``); a fixed value (SD: 0.18215) is not saved.
+        self.scale_by_std = scale_factor is None
+        self.register_buffer("scale_factor", torch.tensor(-1.0 if scale_factor is None else float(scale_factor)),
+                             persistent=self.scale_by_std)
+        self.lr, self.weight_decay = lr, weight_decay
+        self.image_to_video = image_to_video
+        self.cond_aug = cond_aug or LogNormalCondAug()
+        self.sampler_cfg = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig(**(sampler or {}))
+        self.sample_dir, self.sample_fps = sample_dir, sample_fps
+        self.set_trainable(trainable)
+        self.model_ema = EMA(network, ema_decay) if ema_decay else None
+
+    @property
+    def network(self) -> UNet:
+        return self.model.diffusion_model
+
+    def set_trainable(self, which: str) -> None:
+        """``all``: every network weight trains; ``temporal``: only the inserted temporal layers
+        (and a vector-conditioning embedding, if any), the spatial layers stay frozen."""
+        if which not in ("all", "temporal"):
+            raise ValueError(f"trainable must be 'all' or 'temporal', got {which!r}")
+        temporal = temporal_parameter_names(self.network)
+        if which == "temporal" and not temporal:
+            raise ValueError("trainable=temporal needs a video network (this one has no temporal layers)")
+        for name, p in self.network.named_parameters():
+            p.requires_grad_(which == "all" or name in temporal or name.startswith("label_emb."))
+
+    def train(self, mode: bool = True) -> "DiffusionModule":
+        super().train(mode)
+        self.first_stage_model.eval()
+        return self
+
+    # ---------------------------------------------------------------- data -> loss
+    def _frames(self, batch: dict) -> torch.Tensor:
+        """``(b, t, 3, h, w)`` pixels from a video batch or an image batch (t = 1)."""
+        if "video" in batch:
+            return batch["video"]
+        if "jpg" in batch:
+            return batch["jpg"][:, None]
+        raise KeyError(f"batch has neither 'video' nor 'jpg' (keys: {sorted(batch)})")
+
+    def conditioning_inputs(self, batch: dict, frames: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        inputs = dict(batch)
+        if self.image_to_video:
+            aug = self.cond_aug(frames.shape[0], generator=generator).to(frames.device)
+            inputs.update(i2v_inputs(frames[:, 0], batch["fps_id"], batch["motion_bucket_id"], aug, generator))
+        return inputs
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = self.first_stage_model.encode(pixels).sample(generator=generator)
+        if self.scale_factor <= 0:
+            if not self.scale_by_std:
+                raise ValueError("scale_factor must be positive")
+            self.scale_factor.fill_(1.0 / z.float().flatten().std().item())
+            log.info("scale_factor set to %.5f (1 / std of the first batch's latents)", self.scale_factor.item())
+        return z * self.scale_factor
+
+    def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        frames = self._frames(batch)
+        b, t = frames.shape[:2]
+        cond = self.conditioner(self.conditioning_inputs(batch, frames, generator), dropout=self.training,
+                                generator=generator)
+        cond = expand_to_frames(cond, t)
+        z = self.encode(frames.flatten(0, 1), generator)
+        sigma = self.sigma_sampler(b, generator=generator).to(z.device).repeat_interleave(t)
+        noise = torch.randn(z.shape, generator=generator).to(z)
+        noised = z + noise * sigma.reshape(-1, 1, 1, 1)
+        extra = {"num_frames": t}
+        if self.network.config.video:
+            extra["image_only_indicator"] = torch.zeros(b, t, device=z.device)
+        pred = self.denoiser(self.model, noised, sigma, cond, **extra)
+        per_sample = ((pred.float() - z.float()) ** 2).mean(dim=(1, 2, 3))
+        return (self.loss_weighting(sigma) * per_sample).mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=self._frames(batch).shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.model_ema is not None:
+            self.model_ema.update(self.network)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        generator = torch.Generator().manual_seed(batch_idx)
+        loss = self.diffusion_loss(batch, generator)
+        self.log("val/loss", loss, batch_size=self._frames(batch).shape[0])
+        if batch_idx == 0 and self.sample_dir is not None:
+            self.write_samples(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # ---------------------------------------------------------------- sampling
+    def sampler(self, use_ema: bool = True) -> LatentDiffusionSampler:
+        network = self.model_ema.shadow if use_ema and self.model_ema is not None else self.network
+        return LatentDiffusionSampler(network, self.denoiser, self.conditioner, self.first_stage_model,
+                                      float(self.scale_factor))
+
+    @torch.no_grad()
+    def generate(self, batch: dict, seed: int = 0) -> torch.Tensor:
+        """Samples for a batch: videos from its first frames (i2v) or images from its captions."""
+        frames = self._frames(batch)
+        sampler = self.sampler()
+        if self.image_to_video:
+            return sampler.image_to_video(frames[:, 0], frames.shape[1], batch["fps_id"], batch["motion_bucket_id"],
+                                          cond_aug=0.02, cfg=self.sampler_cfg, seed=seed)
+        images = sampler.text_to_image(list(batch["txt"]), frames.shape[-2], frames.shape[-1], self.sampler_cfg, seed)
+        return images[:, None]
+
+    def write_samples(self, batch: dict) -> None:
+        from vldm.training.sample_writer import write_sample_grid
+
+        was_training = self.training
+        self.eval()
+        try:
+            videos = self.generate(batch)
+        finally:
+            self.train(was_training)
+        path = Path(self.sample_dir) / f"step_{self.global_step:06d}.mp4"
+        write_sample_grid(path, videos, self._frames(batch), fps=self.sample_fps)
+        for logger in self.loggers:
+            if hasattr(logger, "log_video"):
+                logger.log_video("val/samples", [str(path)], step=self.global_step)
+        log.info("validation samples written to %s", path)
