@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m vldm.data.toy --root $(DATA)
 	$(BIN)/python train.py -m experiment=toy paths.data_dir=$(DATA) stage=autoencoder,image,video,hq
-	$(BIN)/python sample.py checkpoint=$(RUN_ROOT)/hq image=$(DATA)/first_frames output_dir=$(RUN_ROOT)/samples
+	$(BIN)/python sample.py checkpoint=$(RUN_ROOT)/hq image=$(DATA)/first_frames limit=4 output_dir=$(RUN_ROOT)/samples
 	$(BIN)/python -m vldm.evaluation.toy_check --checkpoint $(RUN_ROOT)/hq --data $(DATA) --out $(RUN_ROOT)/toy_check.json
 	$(BIN)/python -m vldm.demo_summary $(RUN_ROOT)
 

@@ -34,7 +34,7 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = module.sampler(use_ema=False)  # exported weights already are the EMA weights
     written = []
-    for i, path in enumerate(list_images(cfg.image)):
+    for i, path in enumerate(list_images(cfg.image)[: cfg.limit]):
         image = load_image(path, size, size)[None]
         seed = cfg.seed + i
         video = sampler.image_to_video(image, num_frames, fps_id=cfg.fps - 1, motion_bucket_id=cfg.motion_bucket_id,

@@ -15,19 +15,21 @@ import torch
 import torch.nn.functional as F
 
 from vldm.nn.autoencoder import AutoencoderKL
+from vldm.training.optim import configure
 
 
 class AutoencoderModule(pl.LightningModule):
     """Reconstruction + KL training of an ``AutoencoderKL`` on batches ``{"jpg": (B, 3, H, W) in [-1, 1]}``."""
 
     def __init__(self, autoencoder: AutoencoderKL, lr: float = 4.5e-4, kl_weight: float = 1e-6,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, lr_schedule: str = "constant", warmup_steps: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["autoencoder"])
         self.first_stage_model = autoencoder
         self.lr = lr
         self.kl_weight = kl_weight
         self.weight_decay = weight_decay
+        self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
 
     def compute_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for one batch: ``loss`` = ``rec`` (L1 + MSE, means) + kl_weight * ``kl`` (batch mean)."""
@@ -54,9 +56,11 @@ class AutoencoderModule(pl.LightningModule):
         self.log("val/psnr", psnr, batch_size=x.shape[0])
         return psnr
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.first_stage_model.parameters(), lr=self.lr, betas=(0.5, 0.9),
-                                 weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.AdamW(self.first_stage_model.parameters(), lr=self.lr, betas=(0.5, 0.9),
+                                      weight_decay=self.weight_decay)
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        return configure(optimizer, max_steps, self.lr_schedule, self.warmup_steps)
 
 
 def psnr_db(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from vldm.nn.inflate import temporal_parameter_names
 from vldm.nn.unet import UNet
 from vldm.sampling.pipeline import LatentDiffusionSampler, SamplerConfig
 from vldm.training.ema import EMA
+from vldm.training.optim import configure
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class DiffusionModule(pl.LightningModule):
                  weight_decay: float = 0.0, ema_decay: float | None = 0.999, trainable: str = "all",
                  image_to_video: bool = False, cond_aug: LogNormalCondAug | None = None,
                  sampler: SamplerConfig | dict | None = None, sample_dir: str | None = None,
-                 sample_fps: int = 8) -> None:
+                 sample_fps: int = 8, lr_schedule: str = "constant", warmup_steps: int = 0) -> None:
         super().__init__()
         self.model = DiffusionWrapper(network)
         self.first_stage_model = first_stage.eval().requires_grad_(False)
@@ -65,6 +66,7 @@ class DiffusionModule(pl.LightningModule):
         self.register_buffer("scale_factor", torch.tensor(-1.0 if scale_factor is None else float(scale_factor)),
                              persistent=self.scale_by_std)
         self.lr, self.weight_decay = lr, weight_decay
+        self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
         self.image_to_video = image_to_video
         self.cond_aug = cond_aug or LogNormalCondAug()
         self.sampler_cfg = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig(**(sampler or {}))
@@ -153,9 +155,11 @@ class DiffusionModule(pl.LightningModule):
         if batch_idx == 0 and self.sample_dir is not None:
             self.write_samples(batch)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> dict:
         params = [p for p in self.network.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        return configure(optimizer, max_steps, self.lr_schedule, self.warmup_steps)
 
     # ---------------------------------------------------------------- sampling
     def sampler(self, use_ema: bool = True) -> LatentDiffusionSampler:

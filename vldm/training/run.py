@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,11 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
     wandb_cfg = cfg.logger.get("wandb")
     if wandb_cfg is not None and wandb_cfg.get("enabled", False):
+        offline = wandb_cfg.logger.get("offline")
+        if offline is None:  # online only when the user has given wandb a key
+            offline = not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online")
         try:
-            loggers.append(instantiate(wandb_cfg.logger, save_dir=str(run_dir)))
+            loggers.append(instantiate(wandb_cfg.logger, save_dir=str(run_dir), offline=offline))
         except Exception as err:  # noqa: BLE001 - the CSV log still records the run
             log.warning("wandb logger unavailable (%s); logging to CSV only", err)
     return loggers

@@ -1,0 +1,120 @@
+"""Sampling: shapes, determinism by seed, sample.py outputs and its error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import CONFIG_DIR
+from vldm.sampling.images import list_images, load_image
+
+
+def sample_cfg(**overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("sample", overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
+    from tests.test_training import smoke
+    from vldm.training.run import train_stage
+
+    root = tmp_path_factory.mktemp("sample_runs")
+    for stage in ("autoencoder", "image", "video"):
+        train_stage(smoke(root, toy_root, stage))
+    return root / "runs" / "smoke"
+
+
+@pytest.mark.slow
+def test_sampler_shapes_and_determinism_by_seed(video_run: Path) -> None:
+    from vldm.sampling.load import load_trained
+    from vldm.sampling.pipeline import SamplerConfig
+
+    module, _ = load_trained(video_run / "video")
+    sampler = module.sampler(use_ema=False)
+    image = torch.rand(2, 3, 32, 32) * 2 - 1
+    cfg = SamplerConfig(num_steps=3, sigma_max=80.0)
+    a = sampler.image_to_video(image, 5, cfg=cfg, seed=1)
+    b = sampler.image_to_video(image, 5, cfg=cfg, seed=1)
+    c = sampler.image_to_video(image, 5, cfg=cfg, seed=2)
+    assert a.shape == (2, 5, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for name in ("heun", "dpmpp_2m"):
+        out = sampler.image_to_video(image[:1], 4, cfg=SamplerConfig(name=name, num_steps=2, sigma_max=80.0))
+        assert out.shape == (1, 4, 3, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_guidance_one_skips_the_unconditional_pass(video_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vldm.sampling.load import load_trained
+    from vldm.sampling.pipeline import SamplerConfig
+
+    module, _ = load_trained(video_run / "video")
+    sampler = module.sampler(use_ema=False)
+    batches = []
+    network_forward = sampler.network.forward
+    monkeypatch.setattr(sampler.network, "forward", lambda x, *a, **k: batches.append(x.shape[0]) or network_forward(x, *a, **k))
+    image = torch.zeros(1, 3, 32, 32)
+    sampler.image_to_video(image, 4, cfg=SamplerConfig(num_steps=2, sigma_max=80.0, min_guidance=1.0, max_guidance=1.0))
+    assert set(batches) == {4}
+    batches.clear()
+    sampler.image_to_video(image, 4, cfg=SamplerConfig(num_steps=2, sigma_max=80.0, min_guidance=1.0, max_guidance=2.0))
+    assert set(batches) == {8}
+
+
+@pytest.mark.slow
+def test_sample_py_writes_mp4_gif_and_json(video_run: Path, toy_root: Path, tmp_path: Path) -> None:
+    from vldm.data.video_io import read_video
+    from vldm.sampling.run import sample_videos
+
+    cfg = sample_cfg(checkpoint=video_run / "video", image=toy_root / "first_frames", output_dir=tmp_path,
+                     **{"sampler.num_steps": 2, "num_frames": 4})
+    written = sample_videos(cfg)
+    assert len(written) == 6
+    frames, fps = read_video(written[0])
+    assert frames.shape == (4, 32, 32, 3) and fps == pytest.approx(8)
+    meta = json.loads(written[0].with_suffix(".json").read_text())
+    assert meta["seed"] == 0 and meta["motion_bucket_id"] == 127 and meta["sampler"]["num_steps"] == 2
+    assert json.loads(written[1].with_suffix(".json").read_text())["seed"] == 1
+    assert written[0].with_suffix(".gif").is_file()
+
+
+@pytest.mark.slow
+def test_sample_py_errors(video_run: Path, toy_root: Path, tmp_path: Path) -> None:
+    from vldm.sampling.run import sample_videos
+
+    img = toy_root / "first_frames" / "val_000000.png"
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        sample_videos(sample_cfg(checkpoint=tmp_path / "nope", image=img, output_dir=tmp_path))
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        sample_videos(sample_cfg(checkpoint=video_run / "video", image=tmp_path / "x.png", output_dir=tmp_path))
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read image"):
+        sample_videos(sample_cfg(checkpoint=video_run / "video", image=tmp_path / "bad.png", output_dir=tmp_path))
+    with pytest.raises(ValueError, match="text-to-image"):
+        sample_videos(sample_cfg(checkpoint=video_run / "image", image=img, output_dir=tmp_path))
+    with pytest.raises(ValueError, match="motion_bucket_id"):
+        sample_videos(sample_cfg(checkpoint=video_run / "video", image=img, output_dir=tmp_path, motion_bucket_id=300))
+    with pytest.raises(ValueError, match="diffusion model"):
+        sample_videos(sample_cfg(checkpoint=video_run / "autoencoder", image=img, output_dir=tmp_path))
+
+
+def test_images_of_any_mode_and_size_are_brought_to_the_model_resolution(tmp_path: Path) -> None:
+    rgba = Image.fromarray(np.full((30, 60, 4), 200, np.uint8), "RGBA")
+    rgba.save(tmp_path / "a.png")
+    Image.fromarray(np.full((50, 20), 10, np.uint8), "L").save(tmp_path / "b.jpg")
+    files = list_images(tmp_path)
+    assert [f.name for f in files] == ["a.png", "b.jpg"]
+    for f in files:
+        x = load_image(f, 32, 32)
+        assert x.shape == (3, 32, 32) and -1 <= x.min() <= x.max() <= 1
+    assert load_image(files[0], 32, 32)[0, 0, 0].item() == pytest.approx(200 / 127.5 - 1, abs=1e-2)
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_images(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
