@@ -63,7 +63,8 @@ def test_trainable_temporal_freezes_spatial_layers(toy_root: Path) -> None:
     cfg = compose_train(["stage=video", f"paths.data_dir={toy_root}"])
     module = instantiate(cfg.model.module, trainable="temporal", _convert_="object")
     trainable = [n for n, p in module.network.named_parameters() if p.requires_grad]
-    assert trainable and all("time_" in n or n.startswith("label_emb.") for n in trainable)
+    assert trainable and all("time_" in n or n.startswith(("label_emb.", "input_blocks.0.0.")) for n in trainable)
+    assert "input_blocks.1.0.in_layers.2.weight" not in trainable
     assert not any(p.requires_grad for p in module.first_stage_model.parameters())
     assert not any(p.requires_grad for p in module.conditioner.parameters())
 

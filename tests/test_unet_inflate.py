@@ -18,6 +18,14 @@ def randomised_image_unet(**overrides) -> UNet:
     return unet.eval()
 
 
+def randomise_temporal(video: UNet) -> None:
+    """Stand-in for training: move every temporal weight off its identity initialisation."""
+    with torch.no_grad():
+        for name, p in video.named_parameters():
+            if name in temporal_parameter_names(video):
+                p.normal_(0.0, 0.05)
+
+
 def inputs(b: int = 2, t: int = 4, c: int = 4):
     return torch.randn(b * t, c, 8, 8), torch.randn(b * t), torch.randn(b * t, 3, 24)
 
@@ -55,10 +63,7 @@ def test_temporal_layers_change_output_once_trained() -> None:
     """The identity is an initialisation, not a wiring mistake: moving temporal weights moves the output."""
     image = randomised_image_unet()
     video = inflate(image).eval()
-    with torch.no_grad():
-        for name, p in video.named_parameters():
-            if name in temporal_parameter_names(video):
-                p.normal_(0.0, 0.05)
+    randomise_temporal(video)
     x, ts, ctx = inputs()
     with torch.no_grad():
         assert (image(x, ts, ctx) - video(x, ts, ctx, num_frames=4)).abs().max().item() > 1e-3
@@ -68,10 +73,7 @@ def test_image_only_frames_take_the_spatial_path() -> None:
     """image_only_indicator = 1 forces alpha = 1: trained temporal layers are bypassed for stills."""
     image = randomised_image_unet()
     video = inflate(image).eval()
-    with torch.no_grad():
-        for name, p in video.named_parameters():
-            if name in temporal_parameter_names(video):
-                p.normal_(0.0, 0.05)
+    randomise_temporal(video)
     x, ts, ctx = inputs()
     indicator = torch.ones(2, 4)
     with torch.no_grad():
@@ -83,10 +85,7 @@ def test_frames_interact_only_through_temporal_layers() -> None:
     """Changing frame 3 changes frame 0's output in the video UNet, never in the image UNet."""
     image = randomised_image_unet()
     video = inflate(image).eval()
-    with torch.no_grad():
-        for name, p in video.named_parameters():
-            if name in temporal_parameter_names(video):
-                p.normal_(0.0, 0.05)
+    randomise_temporal(video)
     x, ts, ctx = inputs(b=1)
     x2 = x.clone()
     x2[3] += 1.0

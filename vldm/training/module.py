@@ -79,15 +79,17 @@ class DiffusionModule(pl.LightningModule):
         return self.model.diffusion_model
 
     def set_trainable(self, which: str) -> None:
-        """``all``: every network weight trains; ``temporal``: only the inserted temporal layers
-        (and a vector-conditioning embedding, if any), the spatial layers stay frozen."""
+        """``all``: every network weight trains; ``temporal``: only what inflation added trains —
+        the temporal layers, the vector-conditioning embedding and the input conv (whose new
+        channels read the conditioning-frame latent); the other spatial layers stay frozen."""
         if which not in ("all", "temporal"):
             raise ValueError(f"trainable must be 'all' or 'temporal', got {which!r}")
         temporal = temporal_parameter_names(self.network)
         if which == "temporal" and not temporal:
             raise ValueError("trainable=temporal needs a video network (this one has no temporal layers)")
         for name, p in self.network.named_parameters():
-            p.requires_grad_(which == "all" or name in temporal or name.startswith("label_emb."))
+            new = name in temporal or name.startswith(("label_emb.", "input_blocks.0.0."))
+            p.requires_grad_(which == "all" or new)
 
     def train(self, mode: bool = True) -> "DiffusionModule":
         super().train(mode)
