@@ -116,5 +116,6 @@ def test_images_of_any_mode_and_size_are_brought_to_the_model_resolution(tmp_pat
         x = load_image(f, 32, 32)
         assert x.shape == (3, 32, 32) and -1 <= x.min() <= x.max() <= 1
     assert load_image(files[0], 32, 32)[0, 0, 0].item() == pytest.approx(200 / 127.5 - 1, abs=1e-2)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
-        list_images(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+        list_images(tmp_path / "empty")

@@ -102,7 +102,8 @@ def test_stage_chain_writes_outputs_and_keys_line_up(chained_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_saved_step(tmp_path: Path, toy_root: Path) -> None:
+def test_resume_continues_at_the_saved_step(tmp_path: Path, toy_root: Path, chained_run: Path) -> None:
+    shutil.copytree(chained_run / "autoencoder", tmp_path / "runs" / "smoke" / "autoencoder")
     first = train_stage(smoke(tmp_path, toy_root, "image"))
     assert first.global_step == 4
     ckpt = torch.load(first.last_checkpoint, map_location="cpu", weights_only=True)
@@ -112,6 +113,7 @@ def test_resume_continues_at_the_saved_step(tmp_path: Path, toy_root: Path) -> N
     assert 5 in steps and 6 in steps and 1 not in steps  # steps 1-4 were not trained again
     resumed = torch.load(result.run_dir / "checkpoints" / "step=000005.ckpt", map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 5
+    assert int(resumed["state_dict"]["model_ema.num_updates"]) == 5  # the EMA continued too
     # the optimizer state was carried over: Adam's step count continues from 4
     state = next(iter(resumed["optimizer_states"][0]["state"].values()))
     assert int(state["step"]) == 5 and int(next(iter(ckpt["optimizer_states"][0]["state"].values()))["step"]) == 4

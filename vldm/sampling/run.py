@@ -25,7 +25,8 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
         raise ValueError(f"{cfg.checkpoint} is a text-to-image model; sample.py makes videos from images")
     size = cfg.size or train_cfg.data.size
     num_frames = cfg.num_frames or train_cfg.data.num_frames
-    sampler_cfg = replace(module.sampler_cfg, **OmegaConf.to_container(cfg.sampler, resolve=True), progress=True)
+    chosen = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
+    sampler_cfg = replace(module.sampler_cfg, **chosen, progress=True)
     if not 0 <= cfg.motion_bucket_id <= 255:
         raise ValueError(f"motion_bucket_id must be in [0, 255], got {cfg.motion_bucket_id}")
     if cfg.fps < 1:

@@ -146,7 +146,10 @@ class DiffusionModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=self._frames(batch).shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update — before any checkpoint of this step is
+        written (callbacks' ``on_train_batch_end`` run earlier than the module's)."""
+        super().optimizer_step(*args, **kwargs)
         if self.model_ema is not None:
             self.model_ema.update(self.network)
 
