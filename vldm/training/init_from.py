@@ -31,13 +31,10 @@ def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]
 def init_from(module: DiffusionModule, path: str | Path, mode: str = "full") -> None:
     state = load_state_dict_file(path)
     if mode == "full":
-        own = {k for k in module.state_dict() if not k.startswith("model_ema.")}
         state = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
-        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-        if missing or unexpected:
-            raise CheckpointError(f"{path} does not match this model: missing keys {missing[:12]} "
-                                  f"({len(missing)}), unexpected keys {unexpected[:12]} ({len(unexpected)})")
-        module.load_state_dict(state, strict=False)  # keys checked above; model_ema is re-synced below
+        if module.model_ema is not None:  # the EMA copy is not exported; it restarts from the loaded weights
+            state.update({f"model_ema.{k}": v for k, v in module.model_ema.state_dict().items()})
+        load_strict(module, state, what=str(path))
     elif mode == "inflate":
         unet = _sub(state, UNET)
         if not unet:
