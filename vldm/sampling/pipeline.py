@@ -95,7 +95,7 @@ class LatentDiffusionSampler:
         generator = torch.Generator().manual_seed(seed)
         image = image.to(self.device)
         inputs = i2v_inputs(image, fps_id, motion_bucket_id, cond_aug, generator=generator)
-        f = 2 ** (len(self.first_stage.decoder.up) - 1) if hasattr(self.first_stage, "decoder") else 8
+        f = self.first_stage.downsample_factor
         c = self.network.config.out_channels
         shape = (image.shape[0] * num_frames, c, image.shape[2] // f, image.shape[3] // f)
         z = self.sample_latents(inputs, shape, num_frames, cfg, generator)
@@ -107,7 +107,7 @@ class LatentDiffusionSampler:
                       seed: int = 0) -> torch.Tensor:
         """Captions -> images ``(b, 3, h, w)`` in [-1, 1]."""
         generator = torch.Generator().manual_seed(seed)
-        f = 2 ** (len(self.first_stage.decoder.up) - 1) if hasattr(self.first_stage, "decoder") else 8
+        f = self.first_stage.downsample_factor
         shape = (len(captions), self.network.config.out_channels, height // f, width // f)
         z = self.sample_latents({"txt": list(captions)}, shape, 1, cfg, generator)
         return self.decode(z, cfg.decode_chunk_size)
