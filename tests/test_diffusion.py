@@ -9,7 +9,7 @@ import torch
 
 from vldm.diffusion.denoiser import (Denoiser, DiscreteDenoiser, EDMScaling, EpsScaling, VScaling,
                                      VScalingWithEDMcNoise)
-from vldm.diffusion.discretization import ddpm_sigmas, karras_sigmas
+from vldm.diffusion.discretization import ddpm_sigmas, karras_sigmas, sigma_schedule
 from vldm.diffusion.guidance import guide, linear_frame_scales
 from vldm.diffusion.loss_weighting import EDMWeighting
 from vldm.diffusion.samplers import SAMPLERS
@@ -69,6 +69,19 @@ def test_karras_sigmas_endpoints_and_order() -> None:
     assert len(s) == 26 and s[-1] == 0
     assert s[0].item() == pytest.approx(700.0, rel=1e-5) and s[-2].item() == pytest.approx(0.002, rel=1e-4)
     assert torch.all(s[1:] < s[:-1])
+
+
+def test_sigma_schedules_share_endpoints_and_differ_inside() -> None:
+    k = sigma_schedule("karras", 10, 0.002, 700.0)
+    e = sigma_schedule("exponential", 10, 0.002, 700.0)
+    assert torch.allclose(k[[0, -2, -1]], e[[0, -2, -1]], rtol=1e-4)
+    steps = e[:-1].log().diff()  # exponential: equal steps in log sigma
+    assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-4)
+    assert not torch.allclose(k, e)
+    with pytest.raises(ValueError, match="unknown sigma schedule"):
+        sigma_schedule("cosine", 10, 0.002, 700.0)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        sigma_schedule("karras", 10, 5.0, 1.0)
 
 
 def test_edm_sigma_sampler_is_lognormal() -> None:
