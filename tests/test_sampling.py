@@ -115,7 +115,16 @@ def test_images_of_any_mode_and_size_are_brought_to_the_model_resolution(tmp_pat
     for f in files:
         x = load_image(f, 32, 32)
         assert x.shape == (3, 32, 32) and -1 <= x.min() <= x.max() <= 1
-    assert load_image(files[0], 32, 32)[0, 0, 0].item() == pytest.approx(200 / 127.5 - 1, abs=1e-2)
+    composited = 200 * 200 / 255 + 255 * (1 - 200 / 255)  # colour 200 at alpha 200 over white
+    assert load_image(files[0], 32, 32)[0, 0, 0].item() == pytest.approx(composited / 127.5 - 1, abs=1e-2)
+    Image.fromarray(np.full((17, 23), 30000, np.uint16)).save(tmp_path / "c16.png")  # 16-bit grey, odd size
+    assert Image.open(tmp_path / "c16.png").mode.startswith("I")
+    x16 = load_image(tmp_path / "c16.png", 32, 48)
+    assert x16.shape == (3, 32, 48)
+    assert x16.mean().item() == pytest.approx((30000 / 65535 * 255) / 127.5 - 1, abs=1e-2)  # scaled, not clipped
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read image .*notes.png"):
+        load_image(tmp_path / "notes.png", 32, 32)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
         list_images(tmp_path / "empty")
