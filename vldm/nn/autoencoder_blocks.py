@@ -17,6 +17,11 @@ def normalize(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """The 3x3, padding-1 convolution used for ``conv_in`` / ``conv_out``."""
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+
 class ResnetBlock(nn.Module):
     """norm1-SiLU-conv1, norm2-SiLU-dropout-conv2, plus a 1x1 ``nin_shortcut`` when widths differ."""
 
