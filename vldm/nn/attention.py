@@ -4,6 +4,12 @@ Matches ``sgm.modules.attention`` (CrossAttention, GEGLU FeedForward, BasicTrans
 SpatialTransformer) in parameter names and arithmetic. Attention runs through
 ``torch.nn.functional.scaled_dot_product_attention``, or xformers' memory-efficient kernel
 when it is installed and the tensors are on a CUDA device.
+
+Memory-lean sampling can bound the working set of both (:func:`set_chunking`): attention runs
+over chunks of query rows and the feed-forward over chunks of tokens, so the largest
+intermediate (score matrix, GEGLU projection) scales with the chunk instead of with
+``batch * tokens``. Chunks are plain attributes, off by default, and not in the state dict; the
+results equal the unchunked ones up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,8 +24,30 @@ from torch import nn
 _HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head softmax attention on ``(batch, tokens, heads * dim)`` tensors."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+              chunk: int | None = None) -> torch.Tensor:
+    """Multi-head softmax attention on ``(batch, tokens, heads * dim)`` tensors.
+
+    ``chunk``: at most this many query rows (batch element x query token) at a time. Sequences
+    shorter than the chunk go several at once (temporal attention: many short pixel-sequences);
+    longer ones one at a time, in query chunks of ``chunk`` tokens against all keys.
+    """
+    b, n = q.shape[:2]
+    if chunk is None or b * n <= chunk:
+        return _attention(q, k, v, heads)
+    out = q.new_empty(b, n, v.shape[-1])
+    if n <= chunk:
+        per = chunk // n
+        for i in range(0, b, per):
+            out[i:i + per] = _attention(q[i:i + per], k[i:i + per], v[i:i + per], heads)
+        return out
+    for i in range(b):
+        for j in range(0, n, chunk):
+            out[i:i + 1, j:j + chunk] = _attention(q[i:i + 1, j:j + chunk], k[i:i + 1], v[i:i + 1], heads)
+    return out
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     if _HAS_XFORMERS and q.is_cuda:
         import xformers.ops  # noqa: PLC0415 - optional GPU dependency
 
@@ -40,6 +68,7 @@ class CrossAttention(nn.Module):
         inner_dim = heads * dim_head
         context_dim = query_dim if context_dim is None else context_dim
         self.heads = heads
+        self.chunk_size: int | None = None  # query rows per chunk (set_chunking); None: all at once
         self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
@@ -47,7 +76,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, self.chunk_size)
         return self.to_out(out)
 
 
@@ -72,9 +101,18 @@ class FeedForward(nn.Module):
         inner_dim = dim * mult
         project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
         self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out or dim))
+        self.chunk_size: int | None = None  # tokens per chunk (set_chunking); None: all at once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Token-wise, so chunking over the flattened tokens changes nothing but the peak memory."""
+        rows = x.numel() // x.shape[-1]
+        if self.chunk_size is None or rows <= self.chunk_size:
+            return self.net(x)
+        flat = x.reshape(rows, x.shape[-1])
+        out = x.new_empty(rows, self.net[2].out_features)
+        for i in range(0, rows, self.chunk_size):
+            out[i:i + self.chunk_size] = self.net(flat[i:i + self.chunk_size])
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class BasicTransformerBlock(nn.Module):
@@ -94,6 +132,19 @@ class BasicTransformerBlock(nn.Module):
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
+
+
+def set_chunking(module: nn.Module, attention_chunk: int | None, ff_chunk: int | None) -> None:
+    """Set the chunk sizes of every :class:`CrossAttention` / :class:`FeedForward` under ``module``
+    (spatial and temporal alike; None switches chunking off). Weights and keys are untouched."""
+    for name, value in (("attention_chunk", attention_chunk), ("ff_chunk", ff_chunk)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive number of rows or None, got {value}")
+    for m in module.modules():
+        if isinstance(m, CrossAttention):
+            m.chunk_size = attention_chunk
+        elif isinstance(m, FeedForward):
+            m.chunk_size = ff_chunk
 
 
 def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:

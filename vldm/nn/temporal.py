@@ -65,7 +65,11 @@ class VideoResBlock(ResBlock):
 
 class VideoTransformerBlock(nn.Module):
     """Attention across frames at each pixel: ``ff_in``, self-attention over time,
-    cross-attention to the conditioning context, feed-forward; each residual."""
+    cross-attention to the conditioning context, feed-forward; each residual.
+
+    Its sequences are short (``num_frames``) and many (one per pixel), so
+    :func:`vldm.nn.attention.set_chunking` bounds it by running groups of whole pixel-sequences
+    at a time, and the feed-forwards over chunks of tokens."""
 
     def __init__(self, dim: int, n_heads: int, d_head: int, context_dim: int | None = None,
                  dropout: float = 0.0, ff_in: bool = True) -> None:

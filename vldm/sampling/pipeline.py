@@ -5,10 +5,19 @@ The sampling defaults follow the official SVD sampler (``sgm`` ``EulerEDMSampler
 ``sqrt(1 + sigma_max^2)``, per-frame guidance rising linearly; the unconditional pass zeroes the
 image/text conditioning and keeps the vector conditioning. This is the seam the memory-planning
 sampler plugs into: components in, tensors out, no files or configs here.
+
+Memory: with a :class:`~vldm.sampling.memory_plan.MemoryPlan` (``plan=`` or :meth:`apply_plan`)
+the weights are cast and placed per the plan, cond / uncond run batched, one after the other or
+not at all, attention / feed-forward are chunked and the latents are decoded in overlapping
+chunks (:mod:`vldm.sampling.chunked_decode`); each call records the peak device memory it
+measured (``peak_memory``, CUDA only). Without a plan nothing of this happens and results are
+those of the plain sampler.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +26,13 @@ from torch import nn
 from vldm.conditioning.conditioner import Conditioner
 from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs
 from vldm.diffusion.denoiser import Denoiser
-from vldm.diffusion.discretization import karras_sigmas
+from vldm.diffusion.discretization import sigma_schedule
 from vldm.diffusion.guidance import guide, linear_frame_scales
 from vldm.diffusion.samplers import SAMPLERS
+from vldm.sampling.chunked_decode import chunked_decode, receptive_radius
+from vldm.sampling.memory_plan import MemoryPlan, decode_overlap, format_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +41,7 @@ class SamplerConfig:
 
     name: str = "euler"
     num_steps: int = 25
+    schedule: str = "karras"  # karras (EDM, official) | exponential
     sigma_min: float = 0.002
     sigma_max: float = 700.0
     rho: float = 7.0
@@ -35,6 +49,16 @@ class SamplerConfig:
     max_guidance: float = 2.5
     decode_chunk_size: int | None = None
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        from vldm.diffusion.discretization import SIGMA_SCHEDULES
+
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose from {sorted(SAMPLERS)}")
+        if self.schedule not in SIGMA_SCHEDULES:
+            raise ValueError(f"unknown sigma schedule {self.schedule!r}; choose from {sorted(SIGMA_SCHEDULES)}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
 
 
 UNCOND_ZERO_KEYS = ("cond_frames", "cond_frames_without_noise", "txt")
@@ -44,70 +68,155 @@ class LatentDiffusionSampler:
     """Holds the parts of a trained model needed to sample from it."""
 
     def __init__(self, network: nn.Module, denoiser: Denoiser, conditioner: Conditioner,
-                 first_stage: nn.Module, scale_factor: float) -> None:
+                 first_stage: nn.Module, scale_factor: float, plan: MemoryPlan | None = None,
+                 device: torch.device | str | None = None) -> None:
         self.network, self.denoiser, self.conditioner = network, denoiser, conditioner
         self.first_stage, self.scale_factor = first_stage, scale_factor
+        self.plan: MemoryPlan | None = None
+        self.peak_memory: int | None = None  # bytes, measured by the last image_to_video / text_to_image (CUDA)
+        self._device: torch.device | None = None
+        self._placement = None
+        if plan is not None:
+            self.apply_plan(plan, device if device is not None else self.device)
 
     @property
     def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+        return self._device if self._device is not None else next(self.network.parameters()).device
+
+    def apply_plan(self, plan: MemoryPlan, device: torch.device | str) -> None:
+        """Cast, place, stream and chunk the components per ``plan`` (replacing an earlier plan)."""
+        from vldm.sampling.placement import apply_plan
+
+        self.release_plan()
+        self._placement = apply_plan(self, plan, device)
+        self.plan, self._device = plan, torch.device(device)
+
+    def release_plan(self) -> None:
+        """Take the plan's hooks and chunking off (weights stay where the plan put them)."""
+        if self._placement is not None:
+            self._placement.remove()
+        self.plan, self._placement, self._device = None, None, None
+
+    def memory_report(self) -> str:
+        """The plan and the peak measured by the last call, for printing."""
+        plan = self.plan.describe() if self.plan is not None else "memory plan: none (everything as loaded)"
+        return f"{plan}\n  measured   peak {format_bytes(self.peak_memory)}"
+
+    def _network_call(self) -> Callable[..., torch.Tensor]:
+        """The UNet, taking the pipeline's float32 tensors to the plan's dtype and its output back to float32."""
+        if self.plan is None:
+            return self.network
+        dtype = self.plan.torch_dtype
+
+        def run(x: torch.Tensor, c_noise: torch.Tensor, context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+            context = None if context is None else context.to(dtype)
+            return self.network(x.to(dtype), c_noise, context=context, **kwargs).float()
+
+        return run
+
+    def _start_measuring(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _stop_measuring(self) -> None:
+        self.peak_memory = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        if self.peak_memory is not None:
+            estimate = self.plan.estimated_peak_bytes if self.plan is not None else None
+            log.info("peak device memory %s (plan estimate %s)", format_bytes(self.peak_memory), format_bytes(estimate))
 
     @torch.no_grad()
     def sample_latents(self, inputs: dict, shape: tuple[int, ...], num_frames: int, cfg: SamplerConfig,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """Latents ``(b * t, c, h, w)`` for conditioning ``inputs`` of ``b`` samples."""
-        cond = expand_to_frames(self.conditioner(inputs), num_frames)
         guided = not (cfg.min_guidance == 1.0 and cfg.max_guidance == 1.0)
+        mode = self.plan.cfg_mode if self.plan is not None else "batched"
+        if guided and mode == "none":
+            raise ValueError(f"the memory plan has no unconditional pass (cfg_mode none) but guidance goes from "
+                             f"{cfg.min_guidance} to {cfg.max_guidance}; plan with guided=True")
+        batched = guided and mode == "batched"
+        cond = expand_to_frames(self.conditioner(inputs), num_frames)
         if guided:
             uncond = expand_to_frames(self.conditioner(inputs, force_zero=UNCOND_ZERO_KEYS), num_frames)
-            both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+            if batched:
+                both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
         scales = linear_frame_scales(num_frames, cfg.min_guidance, cfg.max_guidance)
         b = shape[0] // num_frames
         extra = {}
         if getattr(getattr(self.network, "config", None), "video", False):
-            extra["image_only_indicator"] = torch.zeros(b * (2 if guided else 1), num_frames, device=self.device)
+            extra["image_only_indicator"] = torch.zeros(b * (2 if batched else 1), num_frames, device=self.device)
+        network = self._network_call()
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             if not guided:
                 s = sigma.expand(x.shape[0])
-                return self.denoiser(self.network, x, s, cond, num_frames=num_frames, **extra)
+                return self.denoiser(network, x, s, cond, num_frames=num_frames, **extra)
+            if not batched:  # sequential: half the batch, two forwards
+                s = sigma.expand(x.shape[0])
+                out_u = self.denoiser(network, x, s, uncond, num_frames=num_frames, **extra)
+                out_c = self.denoiser(network, x, s, cond, num_frames=num_frames, **extra)
+                return guide(out_u, out_c, scales, num_frames)
             s = sigma.expand(2 * x.shape[0])
-            out_u, out_c = self.denoiser(self.network, torch.cat([x, x]), s, both, num_frames=num_frames,
+            out_u, out_c = self.denoiser(network, torch.cat([x, x]), s, both, num_frames=num_frames,
                                          **extra).chunk(2)
             return guide(out_u, out_c, scales, num_frames)
 
-        sigmas = karras_sigmas(cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(self.device)
+        sigmas = sigma_schedule(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(self.device)
         noise = torch.randn(shape, generator=generator).to(self.device)
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
         return SAMPLERS[cfg.name](denoise, x, sigmas, progress=cfg.progress)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-        """Latents -> pixels in [-1, 1], ``chunk_size`` frames at a time."""
+    def decode(self, z: torch.Tensor, chunk_size: int | None = None, num_frames: int | None = None,
+               overlap: int | None = None) -> torch.Tensor:
+        """Latents ``(b * t, c, h, w)`` -> pixels in [-1, 1], ``chunk_size`` frames at a time.
+
+        ``num_frames``: frames per clip (``t``; None: one clip of all latents). A temporal decoder, or
+        a memory plan, decodes each clip in chunks overlapping by ``overlap`` frames (default: the
+        plan's, or twice the decoder's temporal radius as far as the chunk allows), cross-faded
+        (:func:`~vldm.sampling.chunked_decode.chunked_decode`); the plan's ``decode_chunk_size``
+        caps ``chunk_size``. An image decoder without a plan decodes plain consecutive chunks.
+        """
         z = z / self.scale_factor
-        chunk = chunk_size or z.shape[0]
-        return torch.cat([self.first_stage.decode(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)]).clamp(-1, 1)
+        radius = receptive_radius(self.first_stage)
+        if self.plan is None and radius == 0:
+            chunk = chunk_size or z.shape[0]
+            return torch.cat([self.first_stage.decode(z[i:i + chunk])
+                              for i in range(0, z.shape[0], chunk)]).clamp(-1, 1)
+        t = num_frames or z.shape[0]
+        planned = self.plan.decode_chunk_size if self.plan is not None else None
+        chunk = min((c for c in (chunk_size, planned) if c), default=None)
+        if overlap is None:
+            same = self.plan is not None and chunk == planned
+            overlap = self.plan.decode_overlap if same else decode_overlap(chunk or t, t, radius)
+        dtype = self.plan.torch_vae_dtype if self.plan is not None else None
+        return chunked_decode(self.first_stage, z, t, chunk, overlap, radius, dtype).clamp(-1, 1)
 
     @torch.no_grad()
     def image_to_video(self, image: torch.Tensor, num_frames: int, fps_id: int = 6, motion_bucket_id: int = 127,
                        cond_aug: float = 0.02, cfg: SamplerConfig = SamplerConfig(), seed: int = 0) -> torch.Tensor:
         """``image`` ``(b, 3, h, w)`` in [-1, 1] -> video ``(b, t, 3, h, w)`` in [-1, 1]."""
+        self._start_measuring()
         generator = torch.Generator().manual_seed(seed)
-        image = image.to(self.device)
+        image = image.to(self.device) if self.plan is None else image.to(self.device, torch.float32)
         inputs = i2v_inputs(image, fps_id, motion_bucket_id, cond_aug, generator=generator)
         f = self.first_stage.downsample_factor
         c = self.network.config.out_channels
         shape = (image.shape[0] * num_frames, c, image.shape[2] // f, image.shape[3] // f)
         z = self.sample_latents(inputs, shape, num_frames, cfg, generator)
-        video = self.decode(z, cfg.decode_chunk_size)
+        video = self.decode(z, cfg.decode_chunk_size, num_frames=num_frames)
+        self._stop_measuring()
         return video.reshape(image.shape[0], num_frames, *video.shape[1:])
 
     @torch.no_grad()
     def text_to_image(self, captions: list[str], height: int, width: int, cfg: SamplerConfig = SamplerConfig(),
                       seed: int = 0) -> torch.Tensor:
         """Captions -> images ``(b, 3, h, w)`` in [-1, 1]."""
+        self._start_measuring()
         generator = torch.Generator().manual_seed(seed)
         f = self.first_stage.downsample_factor
         shape = (len(captions), self.network.config.out_channels, height // f, width // f)
         z = self.sample_latents({"txt": list(captions)}, shape, 1, cfg, generator)
-        return self.decode(z, cfg.decode_chunk_size)
+        images = self.decode(z, cfg.decode_chunk_size, num_frames=1)
+        self._stop_measuring()
+        return images
