@@ -1,13 +1,18 @@
-"""The sampler for one run, placed and cast according to the memory plan (placeholder until the planner lands)."""
+"""The sampler for one clip size, placed, cast and chunked by the memory planner."""
 
 from __future__ import annotations
 
 import torch
 
+from vldm.sampling.memory_plan import MemoryPlan, plan_for
 from vldm.sampling.pipeline import LatentDiffusionSampler, SamplerConfig
 
 
-def lean_sampler(module, device: torch.device, dtype: torch.dtype, max_memory, num_frames: int, height: int,
-                 width: int, cfg: SamplerConfig) -> tuple[LatentDiffusionSampler, object | None]:
-    module.to(device)
-    return module.sampler(use_ema=False), None
+def lean_sampler(module, device: torch.device, dtype: torch.dtype, max_memory: str | int | None, num_frames: int,
+                 height: int, width: int, cfg: SamplerConfig) -> tuple[LatentDiffusionSampler, MemoryPlan]:
+    """A sampler whose plan fits ``max_memory`` (None: the device's free memory; no limit on CPU)."""
+    guided = not (cfg.min_guidance == 1.0 and cfg.max_guidance == 1.0)
+    plan = plan_for(module, max_memory, num_frames, height, width, guided=guided, device=device, dtype=dtype)
+    sampler = module.sampler(use_ema=False)  # exported weights already are the EMA weights
+    sampler.apply_plan(plan, device)
+    return sampler, plan

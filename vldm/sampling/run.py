@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vldm.sampling.images import fit_size, list_images, load_image, open_image
+from vldm.sampling.memory_plan import format_bytes
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -128,12 +129,16 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
         image, settings = conditioning_image(path, base, cfg.resize)
         sampler, plan = lean_sampler(module, device, dtype, cfg.max_memory, settings.num_frames, settings.height,
                                      settings.width, sampler_cfg)
+        log.info("memory plan for %dx%d x %d frames:\n%s", settings.width, settings.height, settings.num_frames,
+                 plan.describe())
         seed = cfg.seed + i
         start = time.perf_counter()
         video = sampler.image_to_video(image.to(device), settings.num_frames, fps_id=settings.fps - 1,
                                        motion_bucket_id=settings.motion_bucket_id, cond_aug=settings.cond_aug,
                                        cfg=sampler_cfg, seed=seed)
         seconds = time.perf_counter() - start
+        log.info("clip %d/%d: %.1f s, measured peak memory %s", i + 1, len(images), seconds,
+                 format_bytes(sampler.peak_memory))
         frames = to_uint8(video[0])
         stem = out_dir / f"{path.stem}_seed{seed}"
         write_mp4(stem.with_suffix(".mp4"), frames, fps=settings.fps)
@@ -144,7 +149,7 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
             "image": str(path), "checkpoint": str(cfg.checkpoint),
             "model": str(cfg.model.get("name", "")) if cfg.get("model") is not None else "vldm run",
             "seed": seed, **asdict(settings), "fps_id": settings.fps - 1, "sampler": asdict(sampler_cfg),
-            "device": str(device), "memory_plan": plan.as_dict() if plan is not None else None,
+            "device": str(device), "memory_plan": plan.as_dict(), "peak_memory_bytes": sampler.peak_memory,
             "seconds": round(seconds, 3),
         }, indent=2, default=str))
         log.info("wrote %s", stem.with_suffix(".mp4"))
