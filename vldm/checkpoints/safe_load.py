@@ -6,7 +6,7 @@ wrongly shaped keys.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -25,7 +25,9 @@ def load_state_dict_file(path: str | Path, prefix: str | None = None) -> dict[st
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        from vldm.checkpoints.identify import missing_file_message
+
+        raise FileNotFoundError(missing_file_message(str(path)))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -51,21 +53,28 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
+def key_mismatch(own: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]]) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches between two ``{key: shape}`` maps, as
+    message parts (empty when they agree)."""
+    missing = sorted(set(own) - set(found))
+    unexpected = sorted(set(found) - set(own))
+    wrong = sorted(k for k in set(own) & set(found) if tuple(own[k]) != tuple(found[k]))
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_listing(unexpected)}")
+    if wrong:
+        parts.append("shape mismatches: " + _listing([f"{k} {tuple(found[k])} vs model {tuple(own[k])}"
+                                                       for k in wrong]))
+    return parts
+
+
 def check_keys(module: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
     """Raise :class:`CheckpointError` unless ``state`` has exactly ``module``'s keys and shapes."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_listing(unexpected)}")
-        if wrong:
-            parts.append("shape mismatches: " + _listing([f"{k} {tuple(state[k].shape)} vs model "
-                                                           f"{tuple(own[k].shape)}" for k in wrong]))
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    parts = key_mismatch(own, {k: tuple(v.shape) for k, v in state.items()})
+    if parts:
         raise CheckpointError(f"{what} does not match {type(module).__name__}: " + "; ".join(parts))
 
 
