@@ -128,3 +128,25 @@ def test_images_of_any_mode_and_size_are_brought_to_the_model_resolution(tmp_pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
         list_images(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_sample_py_with_a_model_config_and_a_weights_file(video_run: Path, toy_root: Path, tmp_path: Path) -> None:
+    """The official-checkpoint path (``model=... checkpoint=FILE``): lean strict load, resize=keep, frames out."""
+    from vldm.checkpoints.safe_load import CheckpointError
+    from vldm.sampling.run import sample_videos
+
+    weights = video_run / "video" / "model.safetensors"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 70, 3), np.uint8)).save(tmp_path / "wide.png")
+    common = {"model": "toy_video", "checkpoint": weights, "output_dir": tmp_path / "out", "sampler.num_steps": 2}
+    with pytest.raises(ValueError, match="height=... width=... num_frames=..."):
+        sample_videos(sample_cfg(image=tmp_path / "wide.png", **common))
+    written = sample_videos(sample_cfg(image=tmp_path / "wide.png", resize="keep", save_frames=True, height=32,
+                                       width=32, num_frames=3, fps=8, seed=5, **common))
+    meta = json.loads(written[0].with_suffix(".json").read_text())
+    assert (meta["height"], meta["width"], meta["seed"], meta["fps_id"]) == (64, 64, 5, 7)  # 70x40 -> multiples of 64
+    assert meta["memory_plan"]["cfg_mode"] == "batched"
+    frames = sorted((tmp_path / "out" / "wide_seed5_frames").glob("*.png"))
+    assert len(frames) == 3 and Image.open(frames[0]).size == (64, 64)
+    with pytest.raises(CheckpointError, match="missing"):  # another model's file names what does not fit
+        sample_videos(sample_cfg(**{**common, "model": "svd_xt"}, image=tmp_path / "wide.png"))

@@ -178,3 +178,29 @@ def test_building_without_openclip_weights_names_the_file() -> None:
     missing = compose_train(["model=sd21", "model.clip_weights=/nowhere/open_clip_pytorch_model.bin"]).model
     with pytest.raises(InstantiationException, match=r"/nowhere/open_clip_pytorch_model\.bin.*laion/CLIP-ViT-H-14"):
         instantiate(missing.module.conditioner)
+
+
+def test_stage_one_starts_from_an_ldm_file(tiny_sd, tmp_path: Path) -> None:
+    """``stage.init_from=v2-1_768-ema-pruned.safetensors``: the training path reads the LDM layout too."""
+    from vldm.training.init_from import init_from
+
+    cfg, reference, path = tiny_sd
+    module = builder(cfg)()
+    init_from(module, path, mode="full")
+    own = module.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in reference.state_dict().items())
+    linear = torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64)
+    sigmas = ((1 - torch.cumprod(1 - linear, 0)) / torch.cumprod(1 - linear, 0)).sqrt()
+    other = ldm_file(reference, tmp_path / "other.safetensors", schedule=ldm_schedule(sigmas))
+    with pytest.raises(CheckpointError, match="different model"):
+        init_from(builder(cfg)(), other, mode="full")
+
+
+def test_sd21_unconditional_pass_embeds_the_empty_prompt(tiny_sd) -> None:
+    """SD 2.x (LDM) guides against the embedding of "" — not zeros, as SGM-trained models do."""
+    cfg, module, _ = tiny_sd
+    sampler = module.sampler(use_ema=False)
+    assert sampler.uncond_text == "empty"
+    uncond = sampler.unconditional({"txt": ["a red ball"]})
+    assert torch.allclose(uncond["crossattn"], module.conditioner({"txt": [""]})["crossattn"])
+    assert uncond["crossattn"].abs().sum() > 0

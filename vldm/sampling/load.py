@@ -55,5 +55,8 @@ def load_model_file(model_cfg: DictConfig, checkpoint: str | Path, dtype: torch.
         return instantiate(model_cfg.module, ema_decay=None, sample_dir=None, _convert_="object")
 
     layout = str(model_cfg.get("checkpoint_layout", "sgm"))
-    module = load_pretrained(build, path, dtype=dtype, device=device, layout=layout)
+    # the autoencoders stay fp32 (the official code runs its first stage without autocast); the memory
+    # plan may still cast them down when the budget needs it
+    keep_fp32 = ("first_stage_model", "conditioner.embedders.3.encoder")
+    module = load_pretrained(build, path, dtype=dtype, device=device, layout=layout, keep_fp32=keep_fp32)
     return module.eval()

@@ -69,7 +69,10 @@ class LatentDiffusionSampler:
 
     def __init__(self, network: nn.Module, denoiser: Denoiser, conditioner: Conditioner,
                  first_stage: nn.Module, scale_factor: float, plan: MemoryPlan | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, uncond_text: str = "zero") -> None:
+        if uncond_text not in ("zero", "empty"):
+            raise ValueError(f"uncond_text must be 'zero' or 'empty', got {uncond_text!r}")
+        self.uncond_text = uncond_text
         self.network, self.denoiser, self.conditioner = network, denoiser, conditioner
         self.first_stage, self.scale_factor = first_stage, scale_factor
         self.plan: MemoryPlan | None = None
@@ -126,6 +129,14 @@ class LatentDiffusionSampler:
             log.info("peak device memory %s (plan estimate %s)", format_bytes(self.peak_memory), format_bytes(estimate))
 
     @torch.no_grad()
+    def unconditional(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """The unconditional branch: image inputs zeroed, vector conditioning kept (SGM); text zeroed
+        (``uncond_text="zero"``, SGM-trained models) or the empty prompt (``"empty"``, SD 2.x / LDM)."""
+        if self.uncond_text == "empty" and "txt" in inputs:
+            inputs = {**inputs, "txt": [""] * len(inputs["txt"])}
+            return self.conditioner(inputs, force_zero=tuple(k for k in UNCOND_ZERO_KEYS if k != "txt"))
+        return self.conditioner(inputs, force_zero=UNCOND_ZERO_KEYS)
+
     def sample_latents(self, inputs: dict, shape: tuple[int, ...], num_frames: int, cfg: SamplerConfig,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """Latents ``(b * t, c, h, w)`` for conditioning ``inputs`` of ``b`` samples."""
@@ -137,7 +148,7 @@ class LatentDiffusionSampler:
         batched = guided and mode == "batched"
         cond = expand_to_frames(self.conditioner(inputs), num_frames)
         if guided:
-            uncond = expand_to_frames(self.conditioner(inputs, force_zero=UNCOND_ZERO_KEYS), num_frames)
+            uncond = expand_to_frames(self.unconditional(inputs), num_frames)
             if batched:
                 both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
         scales = linear_frame_scales(num_frames, cfg.min_guidance, cfg.max_guidance)

@@ -50,7 +50,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def video_settings(cfg: DictConfig, preset: dict) -> VideoSettings:
     """Command line over the model's preset; refuses what the model cannot take, warns like the official script."""
     chosen = {k: cfg.get(k) for k in ("height", "width", "num_frames", "fps", "motion_bucket_id", "cond_aug")}
-    settings = VideoSettings(**{**preset, **{k: v for k, v in chosen.items() if v is not None}})
+    merged = {**preset, **{k: v for k, v in chosen.items() if v is not None}}
+    unset = [k for k in ("height", "width", "num_frames") if k not in merged]
+    if unset:
+        raise ValueError(f"the model config has no sampling preset for {', '.join(unset)}: give "
+                         + " ".join(f"{k}=..." for k in unset))
+    settings = VideoSettings(**merged)
     if not 0 <= settings.motion_bucket_id <= 255:
         raise ValueError(f"motion_bucket_id must be in [0, 255] (the range SVD was trained on), got "
                          f"{settings.motion_bucket_id}")

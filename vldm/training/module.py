@@ -50,7 +50,8 @@ class DiffusionModule(pl.LightningModule):
                  weight_decay: float = 0.0, ema_decay: float | None = 0.999, trainable: str = "all",
                  image_to_video: bool = False, cond_aug: LogNormalCondAug | None = None,
                  sampler: SamplerConfig | dict | None = None, sample_dir: str | None = None,
-                 sample_fps: int = 8, lr_schedule: str = "constant", warmup_steps: int = 0) -> None:
+                 sample_fps: int = 8, lr_schedule: str = "constant", warmup_steps: int = 0,
+                 uncond_text: str = "zero") -> None:
         super().__init__()
         self.model = DiffusionWrapper(network)
         self.first_stage_model = first_stage.eval().requires_grad_(False)
@@ -71,6 +72,7 @@ class DiffusionModule(pl.LightningModule):
         self.cond_aug = cond_aug or LogNormalCondAug()
         self.sampler_cfg = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig(**(sampler or {}))
         self.sample_dir, self.sample_fps = sample_dir, sample_fps
+        self.uncond_text = uncond_text  # guidance's text branch: "zero" (SGM training) or "empty" prompt (SD 2.x)
         self.set_trainable(trainable)
         self.model_ema = EMA(network, ema_decay) if ema_decay else None
 
@@ -170,7 +172,7 @@ class DiffusionModule(pl.LightningModule):
     def sampler(self, use_ema: bool = True) -> LatentDiffusionSampler:
         network = self.model_ema.shadow if use_ema and self.model_ema is not None else self.network
         return LatentDiffusionSampler(network, self.denoiser, self.conditioner, self.first_stage_model,
-                                      float(self.scale_factor))
+                                      float(self.scale_factor), uncond_text=self.uncond_text)
 
     @torch.no_grad()
     def generate(self, batch: dict, seed: int = 0) -> torch.Tensor:
