@@ -31,7 +31,6 @@ with ours/diffusers ratios, and ``bench/results/sample-<device>.json``. On a bus
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
 import subprocess
@@ -49,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/sample.py`` as well as ``python -m bench.sample``
     sys.path.insert(0, str(ROOT))
 
+from bench.timing import PeakMemory, Spans  # noqa: E402
 from tests.svd_reference import (  # noqa: E402 - the test-side maps and sizes
     SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE,
 )
@@ -89,85 +89,6 @@ class RunResult:
     decode_calls: int = 0
     detail: dict = field(default_factory=dict)
     error: str | None = None
-
-
-# ------------------------------------------------------------------------------------------- measuring
-
-class Spans:
-    """Start / end times of the calls of one function (device synchronised at both ends)."""
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync, self.starts, self.ends = sync, [], []
-
-    def begin(self, *_: Any) -> None:
-        self.sync()
-        self.starts.append(time.perf_counter())
-
-    def end(self, *_: Any) -> None:
-        self.sync()
-        self.ends.append(time.perf_counter())
-
-    def reset(self) -> None:
-        self.starts.clear()
-        self.ends.clear()
-
-    @property
-    def seconds(self) -> float | None:
-        return self.ends[-1] - self.starts[0] if self.ends else None
-
-    def hook_module(self, module: torch.nn.Module) -> None:
-        module.register_forward_pre_hook(self.begin)
-        module.register_forward_hook(self.end)
-
-    def wrap_method(self, owner: object, name: str) -> None:
-        """Shadow ``owner.name`` by a timed call of the original bound method."""
-        original = getattr(owner, name)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self.begin()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.end()
-
-        setattr(owner, name, timed)
-
-
-class PeakMemory:
-    """CUDA: peak allocated bytes. CPU: the process's resident-set high-water mark (``VmHWM``)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.note = ""
-
-    def reset(self) -> int | None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            return torch.cuda.memory_allocated()
-        try:  # "5" resets the peak RSS to the current RSS (Linux >= 4.0)
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self.note = "VmHWM could not be reset: the peak covers the build and warm-up too"
-        return self._status("VmRSS")
-
-    def peak(self) -> int | None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated()
-        return self._status("VmHWM")
-
-    @staticmethod
-    def _status(key: str) -> int | None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return None
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -237,22 +158,7 @@ def prepare_vldm(module, setting: str, device: torch.device, dtype: torch.dtype,
 
     first_stage = getattr(sampler, "first_stage", module.first_stage_model)
     network = getattr(sampler, "network", module.network)
-    if args.channels_last_decode:
-        channels_last_latents(first_stage)
-        detail["channels_last_decode"] = True
     return run, {"unet": network, "decode_owner": first_stage, "detail": detail}
-
-
-def channels_last_latents(autoencoder: torch.nn.Module) -> None:
-    """The proposed decoder speed-up, tried from outside: latents enter ``decode`` channels-last
-    (oneDNN / cuDNN run the decoder's 2D convolutions faster in NHWC; diffusers' decoder drifts into
-    that layout after its middle attention block)."""
-    original = autoencoder.decode
-
-    def decode(z: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return original(z.contiguous(memory_format=torch.channels_last), *args, **kwargs)
-
-    autoencoder.decode = decode
 
 
 def prepare_diffusers(pipe, setting: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace,
@@ -428,7 +334,7 @@ def run_isolated(tool: str, setting: str, args: argparse.Namespace, measure: str
             cmd += ["--threads", str(args.threads)]
         if args.lean_budget:
             cmd += ["--lean-budget", args.lean_budget]
-        for flag in ("no_plan", "channels_last_decode"):
+        for flag in ("no_plan",):
             if getattr(args, flag):
                 cmd.append("--" + flag.replace("_", "-"))
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -507,8 +413,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="diffusers' offload in the lean setting: enable_model_cpu_offload or sequential")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per case (default: torch's)")
     p.add_argument("--repeats", type=int, default=2, help="measured runs per case (the fastest is reported)")
-    p.add_argument("--channels-last-decode", action="store_true",
-                   help="vldm: feed the VAE decoder channels-last latents (the proposed CPU speed-up)")
     p.add_argument("--measure", default="both", choices=["both", "time", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--timing", default=None, choices=["paired", "isolated"],
                    help="paired: all cases in one process, run in turn (default on cpu); isolated: a process each")

@@ -208,3 +208,17 @@ def test_non_finite_loss_raises() -> None:
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite loss at step 0"):
         module.training_step({"jpg": x}, 0)
+
+
+def test_conv_layout_is_channels_last_on_cpu_and_outputs_come_back_contiguous() -> None:
+    from vldm.nn.autoencoder_blocks import conv_layout
+
+    x = torch.randn(2, 4, 8, 8)
+    assert conv_layout(x).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(conv_layout(x), x)
+    assert conv_layout(torch.randn(1, 4, 2, 8, 8)).is_contiguous()  # 5D (time) tensors are left alone
+    ae = AutoencoderKL(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, decoder="temporal").eval()
+    with torch.no_grad():
+        out = ae.decode(torch.randn(3, 4, 8, 8), num_frames=3)
+        params = ae.encoder(out)
+    assert out.is_contiguous() and params.is_contiguous() and out.shape == (3, 3, 16, 16)

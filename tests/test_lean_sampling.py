@@ -136,5 +136,5 @@ def test_temporal_decoder_is_decoded_per_clip_in_overlapping_chunks(i2v_module) 
     assert calls == [(12, 6)]
     calls.clear()
     chunked = sampler.decode(z, chunk_size=4, num_frames=6)
-    assert calls == [(8, 4), (8, 4)]  # chunks (0, 4), (2, 6): overlap 2 * radius, capped at half a chunk
+    assert calls == [(8, 4), (6, 3)]  # chunks (0, 4), (3, 6): overlap capped at a third of the chunk
     assert whole.shape == chunked.shape == (12, 3, 32, 32)

@@ -78,7 +78,7 @@ def test_plans_degrade_in_order_as_the_budget_shrinks(svd_xt: ModelMemoryStats) 
 
     small = plan(svd_xt, "8GB")
     assert small.unet == "device" and small.cfg_mode == "sequential" and small.ff_chunk is not None
-    assert small.vae_dtype == "fp16" and small.decode_chunk_size == 2 and small.decode_overlap == 1
+    assert small.vae_dtype == "fp16" and small.decode_chunk_size == 2 and small.decode_overlap == 0
 
     tiny = plan(svd_xt, "4GB")
     assert tiny.unet == "stream" and tiny.dtype == "fp16" and tiny.vae_dtype == "fp16"
@@ -116,7 +116,7 @@ def test_no_budget_means_free_device_memory_or_no_limit(svd_xt: ModelMemoryStats
 def test_describe_names_every_choice(svd_xt: ModelMemoryStats) -> None:
     text = plan(svd_xt, "8GB").describe()
     for words in ("budget 7.45 GiB", "fp16 (VAE fp16)", "UNet: device", "VAE decoder: stream", "sequential",
-                  "feed-forward:", "2 frames per chunk, 1 overlapping", "denoising:"):
+                  "feed-forward:", "2 frames per chunk, 0 overlapping", "denoising:"):
         assert words in text
     assert set(MemoryPlan().as_dict()) >= {"dtype", "unet", "cfg_mode", "decode_chunk_size", "estimated_peak_bytes"}
 

@@ -21,9 +21,9 @@ import torch
 
 from tests.svd_reference import (
     SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE, build_hf_image_encoder, build_reference_pipeline,
-    build_tiny_svd_module, diffusers_unet_config, diffusers_vae_config, load_strict, randomize_,
-    sgm_unet_to_diffusers, sgm_vae_to_diffusers, sub_state, use_sgm_resnet_eps_,
+    build_tiny_svd_module, diffusers_unet_config, diffusers_vae_config, load_strict, randomize_, use_sgm_resnet_eps_,
 )
+from tests.svd_reference_maps import sgm_unet_to_diffusers, sgm_vae_to_diffusers, sub_state
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")

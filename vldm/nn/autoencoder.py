@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vldm.nn.autoencoder_blocks import AttnBlock, Downsample, ResnetBlock, Upsample, conv3x3, normalize
+from vldm.nn.autoencoder_blocks import AttnBlock, Downsample, ResnetBlock, Upsample, conv3x3, conv_layout, normalize
 
 
 class Encoder(nn.Module):
@@ -54,7 +54,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(conv_layout(x))
         for i_level, level in enumerate(self.down):
             for i_block, block in enumerate(level.block):
                 h = block(h)
@@ -63,7 +63,7 @@ class Encoder(nn.Module):
             if i_level != self.num_resolutions - 1:
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
 
 class Decoder(nn.Module):
@@ -109,7 +109,7 @@ class Decoder(nn.Module):
         self.conv_out = conv_out(block_in, out_ch)
 
     def forward(self, z: torch.Tensor, **block_kwargs) -> torch.Tensor:
-        h = self.conv_in(z)
+        h = self.conv_in(conv_layout(z))
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, **block_kwargs)), **block_kwargs)
         for i_level in reversed(range(self.num_resolutions)):
             level = self.up[i_level]
@@ -119,7 +119,7 @@ class Decoder(nn.Module):
                     h = level.attn[i_block](h)
             if i_level != 0:
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)), **block_kwargs)
+        return self.conv_out(F.silu(self.norm_out(h)), **block_kwargs).contiguous()
 
 
 class DiagonalGaussian:
