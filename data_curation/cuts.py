@@ -1,0 +1,436 @@
+"""Cascaded shot-boundary detection (hard cuts and fades) and splitting videos into clips.
+
+The SVD paper (Blattmann et al. 2023, Sec. 3.1) found that a single cut detector at
+a low frame rate misses cuts and fades, and cascaded detectors at several frame rates. This is a
+two-pass cascade of our own design:
+
+* **pass 1 (cheap)**: frames ``step`` apart, shrunk to ``cheap_size`` px (short side), are
+  compared with a *changed-pixel fraction*: after undoing the global shift (a camera pan, found
+  by template matching within ``max_shift`` of the frame), the share of pixels whose colour
+  leaves, by more than ``pixel_threshold`` in some channel, the colour range of the other frame
+  within ``shift_tolerance`` px (so small motion is forgiven). Pairs above
+  ``candidate_threshold`` mark candidate windows.
+* **pass 2 (fine)**: inside each candidate window, every consecutive frame pair at ``fine_size``
+  px; the peak pair is a cut when its fraction is at least ``cut_threshold`` *and*
+  ``min_peak_ratio`` times the median of the surrounding ``context_frames`` pairs on each side
+  (fast motion or camera pans raise all neighbouring pairs, a cut only one).
+* **fades**: searched at the full frame rate inside candidate windows, windows next to a
+  black/white sampled frame and windows where the sampled mean luminance dips. A run of black
+  (or white) frames, grown outwards over the frames whose mean luminance keeps ramping towards
+  it, is one ``"fade"`` transition; so is a luminance valley without a black frame (a fade-out
+  straight into a fade-in) when it has ramps of ``min_ramp_frames`` on both sides and its bottom
+  is at most ``dip_ratio`` of the luminance around. Cuts inside or next to a fade are dropped.
+
+Thresholds were tuned on synthetic data (:mod:`data_curation.synthetic`, ``vldm.data.toy``) and
+checked against pans, fast motion and flicker made in the tests; they are per-frame quantities,
+so the same values serve 8 fps toys and 24-30 fps footage.
+
+A :class:`Transition` is the inclusive frame range ``[start, end]`` that belongs to no scene. A
+**hard cut** between frames ``c - 1`` and ``c`` (``c`` = first frame of the new scene, the toy
+truth's ``cut_frame``) is ``Transition(c - 1, c, "cut")``: the two frames either side of the jump
+(often smeared by the codec) are excluded; :attr:`Transition.boundary` is ``c``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from data_curation.records import ClipSpan
+
+TRANSITION_KINDS: tuple[str, ...] = ("cut", "fade")
+
+
+@dataclass(frozen=True)
+class CutDetectorConfig:
+    """Thresholds of :func:`detect_transitions` (fractions are of pixels, levels of 0-255 luma).
+
+    ``step``: frame step of pass 1. ``cheap_size`` / ``fine_size``: short side of the frames each
+    pass compares (frames are never upscaled; ``fine_size=None`` keeps the input size).
+    ``pixel_threshold``: colour change that marks a pixel changed. ``shift_tolerance``: px of
+    motion forgiven per pixel. ``max_shift``: the largest global shift (camera pan) undone, as a
+    fraction of the short side at the cheap size (0 turns pan compensation off).
+    ``candidate_threshold`` / ``cut_threshold``: changed fractions that make a pass-1 window a
+    candidate / a pass-2 peak a cut, when the peak is also ``min_peak_ratio`` x the median of the
+    ``context_frames`` pairs either side (that median floored at ``ratio_floor``).
+    ``min_scene_frames``: of two cuts closer than this, the weaker goes.
+    ``dark_level`` / ``bright_level``: a frame is black when 99.5% of its pixels are at most
+    ``dark_level``, white when 99.5% are at least ``bright_level``. ``ramp_min_step``: the least
+    change of mean luma per frame (and ``ramp_min_relative`` of its value) that continues a fade's
+    ramp; ``max_ramp_frames`` caps each ramp. A luma valley with no black frame is a fade when
+    both ramps have ``min_ramp_frames`` and its bottom is <= ``dip_ratio`` x the luma around it.
+    """
+
+    step: int = 4
+    cheap_size: int = 32
+    fine_size: int | None = 64
+    pixel_threshold: float = 20.0
+    shift_tolerance: int = 1
+    max_shift: float = 0.125
+    candidate_threshold: float = 0.25
+    cut_threshold: float = 0.45
+    min_peak_ratio: float = 3.0
+    ratio_floor: float = 0.02
+    context_frames: int = 4
+    min_scene_frames: int = 4
+    detect_fades: bool = True
+    dark_level: float = 24.0
+    bright_level: float = 235.0
+    ramp_min_step: float = 0.5
+    ramp_min_relative: float = 0.02
+    max_ramp_frames: int = 48
+    min_ramp_frames: int = 2
+    dip_ratio: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.step < 1:
+            raise ValueError(f"step must be >= 1, got {self.step}")
+        if self.cheap_size < 4 or (self.fine_size is not None and self.fine_size < 4):
+            raise ValueError(f"cheap_size and fine_size must be >= 4, got {self.cheap_size}, {self.fine_size}")
+        if not 0 < self.pixel_threshold < 255:
+            raise ValueError(f"pixel_threshold must be in (0, 255), got {self.pixel_threshold}")
+        if not 0 <= self.shift_tolerance <= 3:
+            raise ValueError(f"shift_tolerance must be in [0, 3], got {self.shift_tolerance}")
+        if not 0 <= self.max_shift <= 0.25:
+            raise ValueError(f"max_shift must be in [0, 0.25] (fraction of the short side), got {self.max_shift}")
+        if not 0 < self.candidate_threshold <= self.cut_threshold <= 1:
+            raise ValueError(
+                f"need 0 < candidate_threshold <= cut_threshold <= 1, got {self.candidate_threshold}, {self.cut_threshold}"
+            )
+        if self.min_peak_ratio < 1 or self.ratio_floor < 0:
+            raise ValueError(f"need min_peak_ratio >= 1 and ratio_floor >= 0, got {self.min_peak_ratio}, {self.ratio_floor}")
+        if self.context_frames < 1 or self.min_scene_frames < 1:
+            raise ValueError("context_frames and min_scene_frames must be >= 1")
+        if not 0 <= self.dark_level < self.bright_level <= 255:
+            raise ValueError(f"need 0 <= dark_level < bright_level <= 255, got {self.dark_level}, {self.bright_level}")
+        if min(self.ramp_min_step, self.ramp_min_relative, self.max_ramp_frames, self.min_ramp_frames) < 0:
+            raise ValueError("ramp_min_step, ramp_min_relative, max_ramp_frames and min_ramp_frames must be >= 0")
+        if not 0 < self.dip_ratio < 1:
+            raise ValueError(f"dip_ratio must be in (0, 1), got {self.dip_ratio}")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Frames ``[start, end]`` (inclusive) that belong to no scene; ``kind`` is "cut" or "fade".
+
+    A hard cut into frame ``c`` is ``Transition(c - 1, c, "cut")`` (module doc). ``score``: the
+    detector's evidence (changed fraction of a cut, 1.0 for fades); not part of equality.
+    """
+
+    start: int
+    end: int
+    kind: str
+    score: float = field(default=0.0, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"a transition needs 0 <= start <= end, got [{self.start}, {self.end}]")
+        if self.kind not in TRANSITION_KINDS:
+            raise ValueError(f"kind must be one of {TRANSITION_KINDS}, got {self.kind!r}")
+
+    @property
+    def boundary(self) -> int:
+        """First frame of the new scene for a cut; the middle frame of a fade."""
+        return self.end if self.kind == "cut" else (self.start + self.end + 1) // 2
+
+
+def _shrink(frame: np.ndarray, short_side: int | None) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if short_side is None or short_side >= min(h, w):
+        return np.ascontiguousarray(frame, dtype=np.uint8)
+    scale = short_side / min(h, w)
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+def global_shift(a: np.ndarray, b: np.ndarray, radius: int) -> tuple[int, int]:
+    """Integer ``(dy, dx)`` with ``b[y + dy, x + dx] ~ a[y, x]`` (camera pan), searched within ``radius`` px.
+
+    Exhaustive template match of ``a``'s centre in ``b`` (sum of squared differences); no shift
+    when it fits as well as the best one (flat frames).
+    """
+    h, w = a.shape[:2]
+    r = min(radius, (h - 1) // 4, (w - 1) // 4)
+    if r < 1:
+        return 0, 0
+    cost = cv2.matchTemplate(b, a[r : h - r, r : w - r], cv2.TM_SQDIFF)
+    _, _, (x, y), _ = cv2.minMaxLoc(cost)
+    if cost[r, r] <= cost[y, x] * 1.02 + 1.0:
+        return 0, 0
+    return y - r, x - r
+
+
+def changed_fraction(
+    a: np.ndarray, b: np.ndarray, pixel_threshold: float, tolerance: int = 1, shift: tuple[int, int] = (0, 0)
+) -> float:
+    """Share of pixels of ``a`` whose colour leaves, by more than ``pixel_threshold`` in some channel,
+    the range of ``b``'s colours within ``tolerance`` px of the matching point (``shift``: see
+    :func:`global_shift`); only the region both frames cover counts. uint8 ``(H, W, 3)`` inputs.
+    """
+    dy, dx = shift
+    h, w = a.shape[:2]
+    if abs(dy) >= h or abs(dx) >= w:
+        return 1.0
+    a = a[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+    b = b[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
+    if tolerance > 0:
+        kernel = np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8)
+        lo, hi = cv2.erode(b, kernel), cv2.dilate(b, kernel)
+    else:
+        lo = hi = b
+    excess = cv2.max(cv2.subtract(lo, a), cv2.subtract(a, hi))
+    worst = np.maximum(np.maximum(excess[..., 0], excess[..., 1]), excess[..., 2])
+    return float(np.count_nonzero(worst > pixel_threshold)) / worst.size
+
+
+class _Frames:
+    """Lazily shrunk frames, pair scores and per-frame luma statistics, each computed at most once."""
+
+    def __init__(self, frames: np.ndarray, cfg: CutDetectorConfig) -> None:
+        self.frames, self.cfg = frames, cfg
+        self._cheap: dict[int, np.ndarray] = {}
+        self._fine: dict[int, np.ndarray] = {}
+        self._luma: dict[int, tuple[float, float, float]] = {}
+        self._pair: dict[int, float] = {}
+
+    def cheap(self, i: int) -> np.ndarray:
+        if i not in self._cheap:
+            self._cheap[i] = _shrink(self.frames[i], self.cfg.cheap_size)
+        return self._cheap[i]
+
+    def fine(self, i: int) -> np.ndarray:
+        if i not in self._fine:
+            self._fine[i] = _shrink(self.frames[i], self.cfg.fine_size)
+        return self._fine[i]
+
+    def shift(self, i: int, j: int) -> tuple[int, int]:
+        """Global motion from frame ``i`` to ``j`` at the cheap size."""
+        a = self.cheap(i)
+        radius = int(round(self.cfg.max_shift * min(a.shape[:2])))
+        return global_shift(a, self.cheap(j), radius) if radius > 0 else (0, 0)
+
+    def cheap_change(self, i: int, j: int) -> float:
+        cfg = self.cfg
+        return changed_fraction(self.cheap(i), self.cheap(j), cfg.pixel_threshold, cfg.shift_tolerance, self.shift(i, j))
+
+    def pair(self, j: int) -> float:
+        """Changed fraction between frames ``j - 1`` and ``j`` at the fine size, pan compensated."""
+        if j not in self._pair:
+            a, b = self.fine(j - 1), self.fine(j)
+            dy, dx = self.shift(j - 1, j)
+            scale = a.shape[0] / self.cheap(j).shape[0]
+            shift = (int(round(dy * scale)), int(round(dx * scale)))
+            self._pair[j] = changed_fraction(a, b, self.cfg.pixel_threshold, self.cfg.shift_tolerance, shift)
+        return self._pair[j]
+
+    def luma(self, i: int) -> tuple[float, float, float]:
+        """(0.5th percentile, mean, 99.5th percentile) of the luma of frame ``i`` at the cheap size."""
+        if i not in self._luma:
+            y = self.cheap(i).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            lo, hi = np.percentile(y, [0.5, 99.5])
+            self._luma[i] = (float(lo), float(y.mean()), float(hi))
+        return self._luma[i]
+
+    def blank(self, i: int) -> bool:
+        lo, _, hi = self.luma(i)
+        return hi <= self.cfg.dark_level or lo >= self.cfg.bright_level
+
+
+def _grid(num_frames: int, step: int) -> list[int]:
+    grid = list(range(0, num_frames, step))
+    if grid[-1] != num_frames - 1:
+        grid.append(num_frames - 1)
+    return grid
+
+
+def _ramp(fr: _Frames, i: int, direction: int, sign: int) -> int:
+    """From frame ``i``, walk in ``direction`` while each next frame is brighter (``sign=+1``;
+    darker for ``-1``) by at least the ramp step; returns the last frame of the ramp (``i`` if none)."""
+    cfg, n = fr.cfg, len(fr.frames)
+    last = i
+    while abs(last - i) < cfg.max_ramp_frames:
+        k, beyond = last + direction, last + 2 * direction
+        if not (0 <= k < n and 0 <= beyond < n):
+            break
+        here, further = fr.luma(k)[1], fr.luma(beyond)[1]
+        if sign * (further - here) < max(cfg.ramp_min_step, cfg.ramp_min_relative * max(further, here)):
+            break
+        last = k
+    return last
+
+
+def _fade_at(fr: _Frames, seed: int) -> Transition | None:
+    """The fade around ``seed`` (a black/white frame, or a luma valley), or None if it is not one."""
+    cfg, n = fr.cfg, len(fr.frames)
+    blank = fr.blank(seed)
+    a = b = seed
+    if blank:
+        while a > 0 and fr.blank(a - 1):
+            a -= 1
+        while b < n - 1 and fr.blank(b + 1):
+            b += 1
+    sign = -1 if blank and fr.luma(seed)[0] >= cfg.bright_level else 1
+    start, end = _ramp(fr, a, -1, sign), _ramp(fr, b, +1, sign)
+    if blank:
+        return Transition(start, end, "fade", 1.0)
+    if min(a - start, end - b) < cfg.min_ramp_frames:
+        return None
+    bottom = fr.luma(seed)[1]
+    outside = [fr.luma(k)[1] for k in (start - 1, end + 1) if 0 <= k < n] or [fr.luma(start)[1], fr.luma(end)[1]]
+    if bottom > cfg.dip_ratio * min(outside):
+        return None
+    return Transition(start, end, "fade", 1.0 - bottom / max(min(outside), 1e-6))
+
+
+def _fades(fr: _Frames, seeds: set[int]) -> list[Transition]:
+    """Validated, non-overlapping fades grown from the seed frames."""
+    out: list[Transition] = []
+    for seed in sorted(seeds):
+        if out and seed <= out[-1].end:
+            continue
+        fade = _fade_at(fr, seed)
+        if fade is not None:
+            if out and fade.start <= out[-1].end:
+                out[-1] = Transition(out[-1].start, max(out[-1].end, fade.end), "fade", max(out[-1].score, fade.score))
+            else:
+                out.append(fade)
+    return out
+
+
+def _seeds(fr: _Frames, lo: int, hi: int) -> set[int]:
+    """Frames in ``[lo, hi]`` that may be the bottom of a fade: black/white ones, local luma minima."""
+    n = len(fr.frames)
+    found = set()
+    for i in range(lo, hi + 1):
+        if fr.blank(i):
+            found.add(i)
+        elif 0 < i < n - 1 and fr.luma(i)[1] < fr.luma(i - 1)[1] and fr.luma(i)[1] <= fr.luma(i + 1)[1]:
+            found.add(i)
+    return found
+
+
+def _confirm_cut(fr: _Frames, lo: int, hi: int) -> Transition | None:
+    """Pass 2 inside the window of pairs ``(j - 1, j)``, ``lo < j <= hi``: the peak pair, if it is a cut."""
+    cfg, n = fr.cfg, len(fr.frames)
+    peak_j = max(range(lo + 1, hi + 1), key=lambda j: (fr.pair(j), -j))
+    peak = fr.pair(peak_j)
+    if peak < cfg.cut_threshold:
+        return None
+    near = range(peak_j - cfg.context_frames, peak_j + cfg.context_frames + 1)
+    around = [fr.pair(j) for j in near if 1 <= j < n and j != peak_j]
+    background = float(np.median(around)) if around else 0.0
+    if peak < cfg.min_peak_ratio * max(background, cfg.ratio_floor):
+        return None
+    return Transition(peak_j - 1, peak_j, "cut", peak)
+
+
+def detect_transitions(frames: np.ndarray, fps: float, cfg: CutDetectorConfig = CutDetectorConfig()) -> list[Transition]:
+    """Hard cuts and fades of ``frames`` (uint8 ``(T, H, W, 3)``), sorted by start (module doc).
+
+    ``fps`` scales nothing yet (thresholds are per frame) but is part of the stage interface.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    n = len(frames)
+    if n < 2:
+        return []
+    fr = _Frames(frames, cfg)
+    grid = _grid(n, cfg.step)
+    cuts: list[Transition] = []
+    scan: list[tuple[int, int]] = []  # windows searched for fades at the full frame rate
+    for k in range(len(grid) - 1):  # pass 1
+        a, b = grid[k], grid[k + 1]
+        score = fr.cheap_change(a, b)
+        if score < cfg.candidate_threshold:
+            continue
+        scan.append((a, b))
+        cut = _confirm_cut(fr, a, b)  # pass 2
+        if cut is not None:
+            cuts.append(cut)
+    fades: list[Transition] = []
+    if cfg.detect_fades:
+        mean = [fr.luma(i)[1] for i in grid]
+        for k in range(len(grid) - 1):
+            if fr.blank(grid[k]) or fr.blank(grid[k + 1]):
+                scan.append((grid[k], grid[k + 1]))
+            elif 0 < k < len(grid) - 2 and mean[k] < mean[k - 1] and mean[k + 1] < mean[k + 2]:
+                scan.append((grid[k], grid[k + 1]))  # a luminance valley between samples
+        seeds: set[int] = set()
+        for a, b in scan:
+            seeds |= _seeds(fr, a, b)
+        fades = _fades(fr, seeds)
+    # a cut touching a fade is part of it (e.g. the jump into a black frame)
+    cuts = [c for c in cuts if not any(f.start - 1 <= c.end and c.start <= f.end + 1 for f in fades)]
+    kept: list[Transition] = []
+    for cut in sorted(cuts, key=lambda c: c.start):
+        if kept and cut.end - kept[-1].end < cfg.min_scene_frames:
+            if cut.score > kept[-1].score:
+                kept[-1] = cut
+            continue
+        kept.append(cut)
+    return sorted(kept + fades, key=lambda t: (t.start, t.end))
+
+
+def split_clips_frames(
+    num_frames: int, transitions: list[Transition], min_frames: int, max_frames: int | None, margin_frames: int = 1
+) -> list[ClipSpan]:
+    """Scenes between transitions as clip spans, with lengths in frames.
+
+    Every transition frame, and ``margin_frames`` more on each side of a transition, is excluded
+    (video edges get no margin). Scenes shorter than ``min_frames`` are dropped; longer than
+    ``max_frames`` (None: no limit) are cut into consecutive ``max_frames`` clips, a remainder
+    shorter than ``min_frames`` dropped. Spans are sorted, disjoint and inside ``[0, num_frames)``.
+    """
+    if num_frames < 0 or min_frames < 1 or margin_frames < 0:
+        raise ValueError(
+            f"need num_frames >= 0, min_frames >= 1, margin_frames >= 0; got {num_frames}, {min_frames}, {margin_frames}"
+        )
+    if max_frames is not None and max_frames < min_frames:
+        raise ValueError(f"max_frames ({max_frames}) must be >= min_frames ({min_frames})")
+    free = np.ones(num_frames, bool)
+    for t in transitions:
+        free[max(0, t.start - margin_frames) : max(0, t.end + margin_frames + 1)] = False
+    spans: list[ClipSpan] = []
+    i = 0
+    while i < num_frames:
+        if not free[i]:
+            i += 1
+            continue
+        j = i
+        while j < num_frames and free[j]:
+            j += 1
+        start = i
+        if max_frames is not None:
+            while j - start >= max_frames:
+                spans.append(ClipSpan(start, start + max_frames))
+                start += max_frames
+        if j - start >= min_frames:
+            spans.append(ClipSpan(start, j))
+        i = j
+    return spans
+
+
+def split_clips(
+    num_frames: int,
+    transitions: list[Transition],
+    fps: float,
+    min_seconds: float,
+    max_seconds: float | None,
+    margin_frames: int = 1,
+) -> list[ClipSpan]:
+    """:func:`split_clips_frames` with lengths in seconds.
+
+    ``min_frames = ceil(min_seconds * fps)`` (at least 1), ``max_frames = floor(max_seconds * fps)``
+    (``max_seconds=None``: no limit).
+    """
+    if not fps > 0 or min_seconds < 0:
+        raise ValueError(f"need fps > 0 and min_seconds >= 0, got {fps}, {min_seconds}")
+    min_frames = max(1, math.ceil(min_seconds * fps - 1e-9))
+    max_frames = None if max_seconds is None else math.floor(max_seconds * fps + 1e-9)
+    if max_frames is not None and max_frames < min_frames:
+        raise ValueError(f"max_seconds={max_seconds} is shorter than min_seconds={min_seconds} at {fps} fps")
+    return split_clips_frames(num_frames, transitions, min_frames, max_frames, margin_frames)
