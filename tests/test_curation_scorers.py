@@ -162,7 +162,7 @@ def test_caption_scorer_unavailable_with_an_unavailable_captioner(tmp_path: Path
     missing = tmp_path / "blip"
     local = TransformersCaptioner(str(missing))
     assert not local.available and str(missing) in local.unavailable_reason
-    assert "curate.scorers.captions.captioner.path" in local.unavailable_reason
+    assert "scorers.captions.captioner.path" in local.unavailable_reason
     assert not CaptionScorer(local).available
     with pytest.raises(RuntimeError, match="no local captioning model"):
         local.caption(np.zeros((1, 8, 8, 3), np.uint8))
@@ -177,7 +177,7 @@ def test_clip_scorer_names_the_files_it_needs(tmp_path: Path) -> None:
     s = ClipScorer()
     assert not s.available
     for part in ("ViT-L-14", "open_clip_pytorch_model.bin", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K",
-                 "curate.scorers.clip.weights=PATH"):
+                 "scorers.clip.weights=PATH"):
         assert part in s.unavailable_reason
     missing = tmp_path / "nope.bin"
     assert str(missing) in ClipScorer(weights=str(missing)).unavailable_reason

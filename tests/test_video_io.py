@@ -110,3 +110,11 @@ def test_falls_back_to_pyav_without_decord(monkeypatch: pytest.MonkeyPatch) -> N
     assert frames.shape == clip.shape and fps == pytest.approx(8.0)
     with pytest.raises(VideoDecodeError, match="decord unavailable"):
         read_video(b"not a video")
+
+
+def test_encoding_is_deterministic_whatever_was_encoded_before() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    first = encode_mp4(frames, 8)
+    encode_mp4(rng.integers(0, 255, (5, 48, 64, 3), dtype=np.uint8), 8)  # a different size in between
+    assert encode_mp4(frames, 8) == first

@@ -95,7 +95,7 @@ class TransformersCaptioner:
         if not p.is_dir() or not (p / "config.json").is_file():
             return (f"captioner skipped: no local captioning model at {self.path} (a saved Hugging Face model "
                     f"directory with config.json, e.g. Salesforce/blip-image-captioning-base); "
-                    f"set curate.scorers.captions.captioner.path=PATH")
+                    f"set scorers.captions.captioner.path=PATH")
         if importlib.util.find_spec("transformers") is None:
             return "captioner skipped: transformers is not installed (pip install transformers)"
         return ""

@@ -105,14 +105,14 @@ class ClipScorer:
     @property
     def unavailable_reason(self) -> str:
         hint = WEIGHT_HINTS.get(self.model_name, "an open_clip state-dict file, e.g. open_clip_pytorch_model.bin")
-        needed = f"{self.model_name} open_clip weights ({hint}); set curate.scorers.clip.weights=PATH"
+        needed = f"{self.model_name} open_clip weights ({hint}); set scorers.clip.weights=PATH"
         if self.weights is None:
             return f"clip scorer skipped: no weights given; needs {needed}"
         if not Path(self.weights).is_file():
             return f"clip scorer skipped: weights file {self.weights} not found; needs {needed}"
         if self.aesthetic_head is not None and not Path(self.aesthetic_head).is_file():
             return (f"clip scorer skipped: aesthetic head {self.aesthetic_head} not found; needs {HEAD_HINT}; "
-                    f"set curate.scorers.clip.aesthetic_head=PATH (or null to score caption similarity only)")
+                    f"set scorers.clip.aesthetic_head=PATH (or null to score caption similarity only)")
         if self.aesthetic_head is None and not self.caption_similarity:
             return "clip scorer skipped: nothing to compute (no aesthetic_head and caption_similarity=false)"
         cfg = self._arch_config()

@@ -50,7 +50,9 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 10) -> bytes:
         stream.options = {"crf": str(int(crf))}
         stream.codec_context.time_base = 1 / rate
         for i, frame in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            # convert to yuv420p here: left to the encoder, the conversion's output depended on what the
+            # process had encoded before, so the same frames did not always give the same bytes
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
             vf.pts, vf.time_base = i, 1 / rate
             container.mux(stream.encode(vf))
         container.mux(stream.encode())
