@@ -1,17 +1,32 @@
-"""Print where a staged run put its outputs: ``python -m vldm.demo_summary runs/demo``."""
+"""Print where a staged run put its outputs: ``python -m vldm.demo_summary runs/demo [--curated data/curated]``."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 STAGES = ("autoencoder", "image", "video", "hq")
 
 
-def summarise(run_root: str | Path) -> list[str]:
+def curation_lines(curated: Path) -> list[str]:
+    """What data_curation did (its summary.json) and where its report is."""
+    summary_path = curated / "summary.json"
+    if not summary_path.is_file():
+        return [f"  curation    (no {summary_path})"]
+    s = json.loads(summary_path.read_text())
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(s.get("errors", {}).items())) or "none"
+    removed = ", ".join(f"{f['name']} {f['removed_first']}" for f in s.get("filters", []) if f.get("removed_first"))
+    return [f"  curation    {s.get('inputs', '?')} raw inputs (errors: {errors}) -> {s.get('clips', '?')} clips, "
+            f"{s.get('kept', '?')} kept (removed first by: {removed or 'none'})",
+            f"              shards      {curated / 'shards'}/",
+            f"              report      {curated / 'report.html'}"]
+
+
+def summarise(run_root: str | Path, curated: str | Path | None = None) -> list[str]:
     root = Path(run_root)
     lines = [f"[vldm] outputs under {root}/"]
+    if curated is not None:
+        lines += curation_lines(Path(curated))
     for stage in STAGES:
         d = root / stage
         if not d.is_dir():
@@ -37,5 +52,15 @@ def summarise(run_root: str | Path) -> list[str]:
     return lines
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("run_root", nargs="?", default="runs/demo")
+    p.add_argument("--curated", default=None, help="data_curation's output directory, if the run used one")
+    args = p.parse_args(argv)
+    print("\n".join(summarise(args.run_root, args.curated)))
+
+
 if __name__ == "__main__":
-    print("\n".join(summarise(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")))
+    main()

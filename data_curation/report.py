@@ -1,0 +1,499 @@
+"""The curation run's HTML report: one self-contained file (inline CSS and SVG, thumbnails as data URIs).
+
+It shows what the filters of the SVD data curation (Blattmann et al. 2023, "Stable Video Diffusion",
+Sec. 3 / App. E) did to a run: input, error, clip and kept counts; a histogram of every scored column
+with the filters' thresholds drawn on it; how many clips each filter removed (alone, first, in total)
+and how often two filters removed the same clip; thumbnails of the kept and dropped clips nearest
+each threshold; and the inputs that could not be curated.
+
+Inputs: the run directory's ``manifest.parquet`` (rows as :data:`~data_curation.records.MANIFEST_COLUMNS`
+plus scorer and probe columns) and ``summary.json`` (the filters with their resolved thresholds), or
+the same given directly. Nothing is fetched and no script runs in the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_curation.records import MANIFEST_COLUMNS
+
+# Columns of clip rows that are not scores (ids, spans, decisions) or that describe the whole input.
+_NOT_SCORES = set(MANIFEST_COLUMNS) | {
+    "duration_s", "fps", "num_frames", "width", "height", "codec", "bits_per_pixel", "size_bytes",
+    "mtime", "size", "kept_any", "decoded_frames", "num_clips", "num_transitions",
+}
+CLIP_SECONDS = "clip_seconds"  # derived: end_s - start_s of each clip
+PREFERRED_ORDER = ("motion_score", "static", "text_ratio", "text_boxes", "aesthetic", "clip_similarity",
+                   CLIP_SECONDS)
+VIDEO_COLUMNS = ("duration_s", "fps", "bits_per_pixel")  # histograms over the inputs (video rows)
+MAX_THUMBS = 6  # per side of a threshold
+MAX_ERROR_ROWS = 1000  # error rows listed; the rest are counted
+
+# Plot geometry (SVG user units); the x axis maps [lo, hi] linearly onto [PLOT_X0, PLOT_X1].
+SVG_W, SVG_H = 520, 190
+PLOT_X0, PLOT_X1, PLOT_TOP, PLOT_BOTTOM = 48.0, 500.0, 26.0, 150.0
+NUM_BINS = 20
+
+
+@dataclass
+class FilterSpec:
+    """One clip filter as the report draws it: its rule and the thresholds it resolved to."""
+
+    name: str
+    column: str
+    min: float | None = None
+    max: float | None = None
+    drop_lowest: float | None = None
+    drop_highest: float | None = None
+    thresholds: list[tuple[float, str]] = field(default_factory=list)  # (value, label)
+    computed: bool = False  # a quantile threshold recomputed here (not found in the summary)
+    skipped: str | None = None  # why the run skipped this filter (e.g. no clip has the column)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _number(v: Any) -> float | None:
+    if _is_missing(v) or isinstance(v, str):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dropped_all(row: dict[str, Any]) -> list[str]:
+    v = row.get("dropped_by_all")
+    if _is_missing(v) or v == "":
+        return []
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return [str(s) for s in v]
+
+
+def _clip_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        if r.get("row_type") != "clip" or not _is_missing(r.get("error_code")):
+            continue
+        r = dict(r)
+        a, b = _number(r.get("start_s")), _number(r.get("end_s"))
+        if a is not None and b is not None:
+            r[CLIP_SECONDS] = b - a
+        out.append(r)
+    return out
+
+
+def quantile_threshold(values: list[float], fraction: float, lowest: bool) -> float | None:
+    """The boundary a quantile cut implies when the summary does not say it.
+
+    Same rule as :mod:`data_curation.filters`: with ``k = floor(f * n)``, the cut is the ``(k+1)``-th
+    lowest value for ``drop_lowest`` (values strictly below it are dropped), mirrored for
+    ``drop_highest``; None when the cut drops nothing (``k = 0``) or everything (``k = n``).
+    """
+    vals = sorted(values)
+    k = int(math.floor(fraction * len(vals) + 1e-9))
+    if not vals or k <= 0 or k >= len(vals):
+        return None
+    return vals[k] if lowest else vals[len(vals) - 1 - k]
+
+
+def normalise_filters(filters: Any, clips: list[dict[str, Any]]) -> list[FilterSpec]:
+    """Filters from config/summary form (a list of dicts with ``name``, or a dict name -> rule).
+
+    Resolved bounds are read from ``threshold_min``/``threshold_max`` as the pipeline's
+    ``summary.json`` writes them (:mod:`data_curation.filters`: the quantile cut if any, else
+    ``min``/``max``; null when a cut drops nothing). A quantile cut given without them (a config
+    rather than a summary) is recomputed from the rows with :func:`quantile_threshold`.
+    """
+    if filters is None:
+        return []
+    if isinstance(filters, dict):
+        items = [dict(v, name=v.get("name", k)) if isinstance(v, dict) else {"name": k} for k, v in filters.items()]
+    else:
+        items = [dict(f) for f in filters if isinstance(f, dict)]
+    specs = []
+    for f in items:
+        column = f.get("column")
+        if not column:
+            continue
+        name = str(f.get("name") or column)
+        spec = FilterSpec(name=name, column=str(column), min=_number(f.get("min")), max=_number(f.get("max")),
+                          drop_lowest=_number(f.get("drop_lowest")), drop_highest=_number(f.get("drop_highest")))
+        resolved = "threshold_min" in f or "threshold_max" in f
+        lo, hi = _number(f.get("threshold_min")), _number(f.get("threshold_max"))
+        values = [v for v in (_number(r.get(spec.column)) for r in clips) if v is not None]
+        if spec.drop_lowest and not resolved:
+            lo, spec.computed = quantile_threshold(values, spec.drop_lowest, lowest=True), True
+        if spec.drop_highest and not resolved:
+            hi, spec.computed = quantile_threshold(values, spec.drop_highest, lowest=False), True
+        if f.get("skipped"):
+            spec.skipped = str(f["skipped"])
+        if spec.min is not None:
+            spec.thresholds.append((spec.min, f"min {_fmt(spec.min)}"))
+        if lo is not None and math.isfinite(lo) and lo != spec.min:
+            label = f"lowest {spec.drop_lowest:.0%} → {_fmt(lo)}" if spec.drop_lowest else f"min {_fmt(lo)}"
+            spec.thresholds.append((lo, label))
+        if spec.max is not None:
+            spec.thresholds.append((spec.max, f"max {_fmt(spec.max)}"))
+        if hi is not None and math.isfinite(hi) and hi != spec.max:
+            label = f"highest {spec.drop_highest:.0%} → {_fmt(hi)}" if spec.drop_highest else f"max {_fmt(hi)}"
+            spec.thresholds.append((hi, label))
+        specs.append(spec)
+    return specs
+
+
+def _load(output_dir: Path, rows: list[dict[str, Any]] | None,
+          filters: list[dict] | None) -> tuple[list[dict[str, Any]], Any, dict[str, Any]]:
+    summary: dict[str, Any] = {}
+    path = output_dir / "summary.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())
+    if rows is None:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(output_dir / "manifest.parquet").to_pylist()
+    if filters is None:
+        filters = summary.get("filters")
+    return rows, filters, summary
+
+
+# ------------------------------------------------------------------------------------------- html
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _e(v: Any) -> str:
+    return html.escape(_fmt(v) if not isinstance(v, str) else v, quote=True)
+
+
+def axis_x(value: float, lo: float, hi: float) -> float:
+    """x position (SVG units) of ``value`` on a histogram axis spanning [lo, hi]."""
+    return PLOT_X0 + (value - lo) / (hi - lo) * (PLOT_X1 - PLOT_X0)
+
+
+def axis_range(values: list[float], thresholds: list[float]) -> tuple[float, float]:
+    """The axis of a histogram: min to max of the values and thresholds, widened when it is a point."""
+    pts = list(values) + list(thresholds)
+    lo, hi = min(pts), max(pts)
+    if hi - lo < 1e-12:
+        pad = max(abs(lo) * 0.05, 0.5)
+        lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
+def _histogram_svg(column: str, pairs: list[tuple[float, bool]], specs: list[FilterSpec], scope: str = "clip") -> str:
+    """Stacked (kept / dropped) histogram of ``pairs`` = (value, kept) with threshold lines."""
+    thresholds = [(v, s.name, label) for s in specs for v, label in s.thresholds]
+    values = [v for v, _ in pairs]
+    lo, hi = axis_range(values, [t for t, _, _ in thresholds])
+    width = (hi - lo) / NUM_BINS
+    kept = [0] * NUM_BINS
+    dropped = [0] * NUM_BINS
+    for v, k in pairs:
+        i = min(int((v - lo) / width), NUM_BINS - 1)
+        (kept if k else dropped)[i] += 1
+    top = max([a + b for a, b in zip(kept, dropped)] + [1])
+    scale = (PLOT_BOTTOM - PLOT_TOP) / top
+    bw = (PLOT_X1 - PLOT_X0) / NUM_BINS
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="hist" width="{SVG_W}" height="{SVG_H}" '
+             f'viewBox="0 0 {SVG_W} {SVG_H}" data-scope="{scope}" data-column="{_e(column)}" '
+             f'data-lo="{lo!r}" data-hi="{hi!r}" '
+             f'data-x0="{PLOT_X0}" data-x1="{PLOT_X1}" role="img" aria-label="histogram of {_e(column)}">']
+    for i in range(NUM_BINS):
+        x = PLOT_X0 + i * bw
+        hk, hd = kept[i] * scale, dropped[i] * scale
+        if hk:
+            parts.append(f'<rect class="kept" x="{x:.2f}" y="{PLOT_BOTTOM - hk:.2f}" width="{bw - 1:.2f}" '
+                         f'height="{hk:.2f}"><title>{kept[i]} kept</title></rect>')
+        if hd:
+            parts.append(f'<rect class="dropped" x="{x:.2f}" y="{PLOT_BOTTOM - hk - hd:.2f}" width="{bw - 1:.2f}" '
+                         f'height="{hd:.2f}"><title>{dropped[i]} dropped</title></rect>')
+    parts.append(f'<line class="axis" x1="{PLOT_X0}" y1="{PLOT_BOTTOM}" x2="{PLOT_X1}" y2="{PLOT_BOTTOM}"/>')
+    for frac, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
+        v = lo + frac * (hi - lo)
+        parts.append(f'<text class="tick" x="{axis_x(v, lo, hi):.2f}" y="{PLOT_BOTTOM + 16}" '
+                     f'text-anchor="{anchor}">{_e(v)}</text>')
+    parts.append(f'<text class="tick" x="{PLOT_X0 - 4}" y="{PLOT_TOP + 4}" text-anchor="end">{top}</text>')
+    for n, (v, name, label) in enumerate(thresholds):
+        x = axis_x(v, lo, hi)
+        parts.append(f'<line class="threshold" data-value="{v!r}" data-filter="{_e(name)}" x1="{x:.3f}" '
+                     f'y1="{PLOT_TOP - 8}" x2="{x:.3f}" y2="{PLOT_BOTTOM}"/>')
+        anchor = "end" if x > (PLOT_X0 + PLOT_X1) / 2 else "start"
+        dx = -3 if anchor == "end" else 3
+        parts.append(f'<text class="threshold-label" x="{x + dx:.2f}" y="{PLOT_TOP - 10 + 11 * (n % 2)}" '
+                     f'text-anchor="{anchor}">{_e(name)}: {_e(label)}</text>')
+    parts.append(f'<text class="xlabel" x="{(PLOT_X0 + PLOT_X1) / 2}" y="{SVG_H - 4}" '
+                 f'text-anchor="middle">{_e(column)}</text></svg>')
+    return "".join(parts)
+
+
+def _bool_svg(column: str, pairs: list[tuple[bool, bool]]) -> str:
+    """Two bars (False / True), each split into kept and dropped."""
+    counts = {b: [sum(1 for v, k in pairs if v == b and k), sum(1 for v, k in pairs if v == b and not k)]
+              for b in (False, True)}
+    top = max([sum(c) for c in counts.values()] + [1])
+    scale = (PLOT_BOTTOM - PLOT_TOP) / top
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="hist bool" width="{SVG_W}" height="{SVG_H}" '
+             f'viewBox="0 0 {SVG_W} {SVG_H}" data-scope="clip" data-column="{_e(column)}" role="img" '
+             f'aria-label="counts of {_e(column)}">']
+    for i, b in enumerate((False, True)):
+        x = PLOT_X0 + 60 + i * 200
+        hk, hd = counts[b][0] * scale, counts[b][1] * scale
+        parts.append(f'<rect class="kept" x="{x}" y="{PLOT_BOTTOM - hk:.2f}" width="120" height="{hk:.2f}"/>')
+        parts.append(f'<rect class="dropped" x="{x}" y="{PLOT_BOTTOM - hk - hd:.2f}" width="120" height="{hd:.2f}"/>')
+        parts.append(f'<text class="tick" x="{x + 60}" y="{PLOT_BOTTOM + 16}" text-anchor="middle">{b}: '
+                     f'{sum(counts[b])} ({counts[b][1]} dropped)</text>')
+    parts.append(f'<line class="axis" x1="{PLOT_X0}" y1="{PLOT_BOTTOM}" x2="{PLOT_X1}" y2="{PLOT_BOTTOM}"/>')
+    parts.append(f'<text class="xlabel" x="{(PLOT_X0 + PLOT_X1) / 2}" y="{SVG_H - 4}" '
+                 f'text-anchor="middle">{_e(column)}</text></svg>')
+    return "".join(parts)
+
+
+def scored_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Columns of the (error-free) clip rows the report draws: numeric or boolean scores."""
+    clips = _clip_rows(rows)
+    found: set[str] = set()
+    for r in clips:
+        for k, v in r.items():
+            if k in _NOT_SCORES or k == "kept" or _is_missing(v) or isinstance(v, str):
+                continue
+            if isinstance(v, (bool, int, float)):
+                found.add(k)
+    order = [c for c in PREFERRED_ORDER if c in found]
+    return order + sorted(found - set(order))
+
+
+def filter_counts(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, int]]:
+    """Per filter, over clip rows: ``alone`` (only this filter removes it), ``first`` (``dropped_by``),
+    ``total`` (listed in ``dropped_by_all``)."""
+    out = {n: {"alone": 0, "first": 0, "total": 0} for n in names}
+    for r in _clip_rows(rows):
+        every = _dropped_all(r)
+        for n in every:
+            if n in out:
+                out[n]["total"] += 1
+        if len(every) == 1 and every[0] in out:
+            out[every[0]]["alone"] += 1
+        first = r.get("dropped_by")
+        if not _is_missing(first) and first in out:
+            out[first]["first"] += 1
+    return out
+
+
+def overlap_matrix(rows: list[dict[str, Any]], names: list[str]) -> list[list[int]]:
+    """``m[i][j]`` = clips removed by both filter i and filter j (the diagonal: by filter i)."""
+    idx = {n: i for i, n in enumerate(names)}
+    m = [[0] * len(names) for _ in names]
+    for r in _clip_rows(rows):
+        hit = sorted({idx[n] for n in _dropped_all(r) if n in idx})
+        for i in hit:
+            for j in hit:
+                m[i][j] += 1
+    return m
+
+
+def _thumb_html(thumbs: Path, row: dict[str, Any], column: str) -> str:
+    cid = str(row.get("clip_id"))
+    path = thumbs / f"{cid}.jpg"
+    score = _e(row.get(column))
+    title = _e(f"{cid} {row.get('source')} {_fmt(row.get('start_s'))}–{_fmt(row.get('end_s'))} s")
+    if path.is_file():
+        data = path.read_bytes()
+        if data[:2] == b"\xff\xd8":
+            src = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+            return (f'<figure title="{title}"><img class="thumb" alt="{_e(cid)}" src="{src}"/>'
+                    f'<figcaption>{score}</figcaption></figure>')
+    return f'<figure title="{title}"><div class="nothumb">no thumbnail</div><figcaption>{score}</figcaption></figure>'
+
+
+def _near_threshold(clips: list[dict[str, Any]], spec: FilterSpec, value: float | None,
+                    thumbs: Path) -> str:
+    """Kept (by this filter) and dropped clips nearest ``value`` (or the first ones, for rules)."""
+    have = [r for r in clips if not _is_missing(r.get(spec.column))]
+
+    def key(r: dict[str, Any]) -> tuple:
+        v = _number(r.get(spec.column))
+        return (abs(v - value) if value is not None and v is not None else 0.0, str(r.get("clip_id")))
+
+    passed = sorted((r for r in have if spec.name not in _dropped_all(r)), key=key)[:MAX_THUMBS]
+    failed = sorted((r for r in have if spec.name in _dropped_all(r)), key=key)[:MAX_THUMBS]
+    out = []
+    for label, group in (("passes", passed), ("removed", failed)):
+        cells = "".join(_thumb_html(thumbs, r, spec.column) for r in group) or '<span class="none">none</span>'
+        out.append(f'<div class="thumbrow"><span class="side">{label}</span>{cells}</div>')
+    return "".join(out)
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}h3{font-size:15px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.err td{text-align:left;font-family:monospace}
+svg.hist{background:#fafafa;border:1px solid #ddd;margin:4px 0}svg .kept{fill:#4a7fb5}
+svg .dropped{fill:#e0894a}svg .axis{stroke:#444}svg .threshold{stroke:#c00;stroke-width:2;stroke-dasharray:4 2}
+svg text{font:11px sans-serif;fill:#333}svg .threshold-label{fill:#c00}
+.grid{display:flex;flex-wrap:wrap;gap:16px}.grid>div{flex:0 0 auto}
+.thumbrow{display:flex;align-items:center;gap:6px;margin:4px 0}.side{width:64px;font-weight:bold}
+figure{margin:0;text-align:center;font-size:11px}img.thumb{height:72px;border:1px solid #999}
+.nothumb{width:72px;height:72px;background:#ddd;font-size:10px;display:flex;align-items:center}
+.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}
+"""
+
+
+def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict[str, Any] | None = None,
+                  thumbs_dir: str | Path | None = None, title: str = "Curation report") -> str:
+    """The report's HTML text (see :func:`write_report`)."""
+    summary = summary or {}
+    thumbs = Path(thumbs_dir) if thumbs_dir is not None else Path("/nonexistent")
+    videos = [r for r in rows if r.get("row_type") == "video"]
+    clips = _clip_rows(rows)
+    errors = [r for r in rows if not _is_missing(r.get("error_code"))]
+    by_code: dict[str, int] = {}
+    for r in errors:
+        by_code[str(r["error_code"])] = by_code.get(str(r["error_code"]), 0) + 1
+    kept = sum(1 for r in clips if r.get("kept") is True)
+    specs = normalise_filters(filters, clips)
+    names = [s.name for s in specs]
+    for r in clips:
+        for n in _dropped_all(r):
+            if n not in names:
+                names.append(n)
+
+    h = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/><title>{_e(title)}</title>'
+         f'<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>']
+    err_text = ", ".join(f"{_e(c)} {n}" for c, n in sorted(by_code.items())) or "none"
+    h.append('<table class="counts"><tr><th class="l">inputs</th><td>%d</td></tr>'
+             '<tr><th class="l">errors</th><td>%d (%s)</td></tr><tr><th class="l">clips</th><td>%d</td></tr>'
+             '<tr><th class="l">kept</th><td>%d</td></tr><tr><th class="l">dropped</th><td>%d</td></tr>'
+             % (len(videos), len(errors), err_text, len(clips), kept, len(clips) - kept))
+    for key in ("shards", "engine"):
+        if key in summary and not isinstance(summary[key], (dict, list)):
+            h.append(f'<tr><th class="l">{_e(key)}</th><td>{_e(summary[key])}</td></tr>')
+    if isinstance(summary.get("seconds"), dict):
+        phases = ", ".join(f"{_e(k)} {v:.1f}" for k, v in summary["seconds"].items() if _number(v) is not None)
+        h.append(f'<tr><th class="l">seconds</th><td>{phases}</td></tr>')
+    h.append("</table>")
+    pre = {}
+    for r in videos:
+        if not _is_missing(r.get("dropped_by")) and _is_missing(r.get("error_code")):
+            pre[str(r["dropped_by"])] = pre.get(str(r["dropped_by"]), 0) + 1
+    if pre:
+        h.append("<p>inputs that gave no clips (prefilter or no scene long enough): "
+                 + ", ".join(f"{_e(k)} {v}" for k, v in sorted(pre.items())) + "</p>")
+
+    h.append('<h2>Score distributions</h2><p class="legend">clips: <span style="background:#4a7fb5">'
+             '</span>kept<span style="background:#e0894a"></span>dropped; dashed red lines: filter thresholds</p>')
+    columns = scored_columns(rows)
+    if not columns:
+        h.append("<p>No clip was scored.</p>")
+    h.append('<div class="grid">')
+    for col in columns:
+        col_specs = [s for s in specs if s.column == col]
+        pairs_raw = [(r.get(col), r.get("kept") is True) for r in clips if not _is_missing(r.get(col))]
+        if all(isinstance(v, bool) for v, _ in pairs_raw):
+            svg = _bool_svg(col, [(bool(v), k) for v, k in pairs_raw])
+            stats = f"{len(pairs_raw)} clips, {sum(1 for v, _ in pairs_raw if v)} True"
+        else:
+            pairs = [(float(v), k) for v, k in pairs_raw]
+            svg = _histogram_svg(col, pairs, col_specs)
+            vs = sorted(v for v, _ in pairs)
+            stats = (f"{len(vs)} clips; min {_fmt(vs[0])}, median {_fmt(vs[len(vs) // 2])}, "
+                     f"max {_fmt(vs[-1])}")
+        note = "".join(f"; {_e(s.name)} threshold recomputed from the rows" for s in col_specs if s.computed)
+        h.append(f'<div><h3>{_e(col)}</h3>{svg}<p>{_e(stats)}{note}</p></div>')
+    h.append("</div>")
+    vcols = [c for c in VIDEO_COLUMNS
+             if any(_number(r.get(c)) is not None for r in videos if _is_missing(r.get("error_code")))]
+    if vcols:
+        h.append('<h3>Inputs</h3><div class="grid">')
+        for c in vcols:
+            pairs = [(float(_number(r[c])), r.get("kept") is True) for r in videos
+                     if _is_missing(r.get("error_code")) and _number(r.get(c)) is not None]
+            h.append(f"<div>{_histogram_svg(c, pairs, [], scope='video')}</div>")
+        h.append("</div>")
+
+    h.append("<h2>Filters</h2>")
+    if names:
+        counts = filter_counts(rows, names)
+        n = max(len(clips), 1)
+        h.append('<table class="filters"><tr><th class="l">filter</th><th class="l">column</th>'
+                 '<th class="l">rule</th><th>threshold</th><th>removed alone</th><th>removed first</th>'
+                 '<th>removed in total</th><th>share of clips</th></tr>')
+        spec_by = {s.name: s for s in specs}
+        for name in names:
+            s = spec_by.get(name)
+            rule = ""
+            if s is not None:
+                rule = ", ".join(f"{k} {_fmt(getattr(s, k))}" for k in ("min", "max", "drop_lowest", "drop_highest")
+                                 if getattr(s, k) is not None)
+            th = ", ".join(_fmt(v) for v, _ in s.thresholds) if s is not None else ""
+            if s is not None and s.skipped:
+                rule = f"{rule} (skipped: {s.skipped})"
+            c = counts[name]
+            h.append(f'<tr><td class="l">{_e(name)}</td><td class="l">{_e(s.column if s else "")}</td>'
+                     f'<td class="l">{_e(rule)}</td><td>{_e(th)}</td><td>{c["alone"]}</td><td>{c["first"]}</td>'
+                     f'<td>{c["total"]}</td><td>{c["total"] / n:.1%}</td></tr>')
+        active = [nm for nm in names if nm not in spec_by or not spec_by[nm].skipped]
+        h.append("</table><h3>Overlap (clips removed by both)</h3><table class=\"overlap\"><tr><th></th>")
+        h.append("".join(f"<th>{_e(nm)}</th>" for nm in active) + "</tr>")
+        for nm, line in zip(active, overlap_matrix(rows, active)):
+            h.append(f'<tr><th class="l">{_e(nm)}</th>' + "".join(f"<td>{v}</td>" for v in line) + "</tr>")
+        h.append("</table>")
+    else:
+        h.append("<p>No filter was applied.</p>")
+
+    h.append("<h2>Clips near the thresholds</h2>")
+    shown = False
+    for s in specs:
+        if s.thresholds and not s.skipped:
+            for v, label in s.thresholds:
+                h.append(f"<h3>{_e(s.name)}: {_e(s.column)} {_e(label)}</h3>{_near_threshold(clips, s, v, thumbs)}")
+                shown = True
+    if not shown:
+        h.append("<p>No threshold to show.</p>")
+
+    h.append("<h2>Errors</h2>")
+    if errors:
+        h.append('<table class="err"><tr><th class="l">source</th><th class="l">code</th>'
+                 '<th class="l">message</th></tr>')
+        listed = sorted(errors, key=lambda r: (str(r.get("source")), str(r.get("clip_id"))))
+        for r in listed[:MAX_ERROR_ROWS]:
+            h.append(f'<tr><td>{_e(str(r.get("source")))}</td><td>{_e(str(r.get("error_code")))}</td>'
+                     f'<td>{_e(str(r.get("error_message") or ""))}</td></tr>')
+        h.append("</table>")
+        if len(listed) > MAX_ERROR_ROWS:
+            h.append(f"<p>… and {len(listed) - MAX_ERROR_ROWS} more (see the manifest).</p>")
+    else:
+        h.append("<p>None.</p>")
+    h.append("</body></html>\n")
+    return "".join(h)
+
+
+def write_report(output_dir: str | Path, manifest_rows: list[dict] | None = None,
+                 filters: list[dict] | None = None) -> Path:
+    """Write ``output_dir/report.html`` from ``manifest.parquet`` and ``summary.json`` (or the given
+    rows and filters) and return its path; thumbnails come from ``output_dir/work/thumbs``."""
+    out = Path(output_dir)
+    rows, filt, summary = _load(out, manifest_rows, filters)
+    text = render_report(rows, filt, summary, thumbs_dir=out / "work" / "thumbs",
+                         title=f"Curation report: {out.name}")
+    path = out / "report.html"
+    tmp = out / "report.html.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
