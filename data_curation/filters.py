@@ -73,7 +73,7 @@ def _value(row: Mapping[str, Any], column: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _quantile_cut(values: list[float], fraction: float, lowest: bool) -> float | None:
+def quantile_cut(values: list[float], fraction: float, lowest: bool) -> float | None:
     """The cut value of a quantile filter (see the module docstring), or None to drop nothing."""
     n = len(values)
     k = int(math.floor(fraction * n + 1e-9))
@@ -89,8 +89,8 @@ def _removes(spec: FilterSpec, rows: list[Mapping[str, Any]]) -> tuple[list[bool
     """Which rows ``spec`` removes, and its resolved bounds (a quantile cut, else ``min``/``max``)."""
     values = [_value(row, spec.column) for row in rows]
     present = [v for v in values if v is not None]
-    low = _quantile_cut(present, float(spec.drop_lowest), True) if spec.drop_lowest else None
-    high = _quantile_cut(present, float(spec.drop_highest), False) if spec.drop_highest else None
+    low = quantile_cut(present, float(spec.drop_lowest), True) if spec.drop_lowest else None
+    high = quantile_cut(present, float(spec.drop_highest), False) if spec.drop_highest else None
     bounds = {
         "threshold_min": low if low is not None and math.isfinite(low) else spec.min,
         "threshold_max": high if high is not None and math.isfinite(high) else spec.max,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_curation.filters import FilterSpec, quantile_cut
 from data_curation.records import MANIFEST_COLUMNS
 
 # Columns of clip rows that are not scores (ids, spans, decisions) or that describe the whole input.
@@ -42,18 +43,21 @@ NUM_BINS = 20
 
 
 @dataclass
-class FilterSpec:
-    """One clip filter as the report draws it: its rule and the thresholds it resolved to."""
+class DrawnFilter:
+    """A clip filter as the report draws it: the run's rule and the thresholds it resolved to."""
 
-    name: str
-    column: str
-    min: float | None = None
-    max: float | None = None
-    drop_lowest: float | None = None
-    drop_highest: float | None = None
+    rule: FilterSpec
     thresholds: list[tuple[float, str]] = field(default_factory=list)  # (value, label)
     computed: bool = False  # a quantile threshold recomputed here (not found in the summary)
     skipped: str | None = None  # why the run skipped this filter (e.g. no clip has the column)
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    @property
+    def column(self) -> str:
+        return self.rule.column
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -94,20 +98,13 @@ def _clip_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def quantile_threshold(values: list[float], fraction: float, lowest: bool) -> float | None:
-    """The boundary a quantile cut implies when the summary does not say it.
-
-    Same rule as :mod:`data_curation.filters`: with ``k = floor(f * n)``, the cut is the ``(k+1)``-th
-    lowest value for ``drop_lowest`` (values strictly below it are dropped), mirrored for
-    ``drop_highest``; None when the cut drops nothing (``k = 0``) or everything (``k = n``).
-    """
-    vals = sorted(values)
-    k = int(math.floor(fraction * len(vals) + 1e-9))
-    if not vals or k <= 0 or k >= len(vals):
-        return None
-    return vals[k] if lowest else vals[len(vals) - 1 - k]
+    """The boundary a quantile cut implies when the summary does not say it: the pipeline's own rule
+    (:func:`data_curation.filters.quantile_cut`); None when it drops nothing or everything."""
+    cut = quantile_cut(values, fraction, lowest)
+    return cut if cut is not None and math.isfinite(cut) else None
 
 
-def normalise_filters(filters: Any, clips: list[dict[str, Any]]) -> list[FilterSpec]:
+def normalise_filters(filters: Any, clips: list[dict[str, Any]]) -> list[DrawnFilter]:
     """Filters from config/summary form (a list of dicts with ``name``, or a dict name -> rule).
 
     Resolved bounds are read from ``threshold_min``/``threshold_max`` as the pipeline's
@@ -127,26 +124,30 @@ def normalise_filters(filters: Any, clips: list[dict[str, Any]]) -> list[FilterS
         if not column:
             continue
         name = str(f.get("name") or column)
-        spec = FilterSpec(name=name, column=str(column), min=_number(f.get("min")), max=_number(f.get("max")),
-                          drop_lowest=_number(f.get("drop_lowest")), drop_highest=_number(f.get("drop_highest")))
+        try:
+            rule = FilterSpec(name=name, column=str(column), min=_number(f.get("min")), max=_number(f.get("max")),
+                              drop_lowest=_number(f.get("drop_lowest")), drop_highest=_number(f.get("drop_highest")))
+        except ValueError:  # a rule the pipeline would refuse: nothing to draw
+            continue
+        spec = DrawnFilter(rule)
         resolved = "threshold_min" in f or "threshold_max" in f
         lo, hi = _number(f.get("threshold_min")), _number(f.get("threshold_max"))
-        values = [v for v in (_number(r.get(spec.column)) for r in clips) if v is not None]
-        if spec.drop_lowest and not resolved:
-            lo, spec.computed = quantile_threshold(values, spec.drop_lowest, lowest=True), True
-        if spec.drop_highest and not resolved:
-            hi, spec.computed = quantile_threshold(values, spec.drop_highest, lowest=False), True
+        values = [v for v in (_number(r.get(rule.column)) for r in clips) if v is not None]
+        if rule.drop_lowest and not resolved:
+            lo, spec.computed = quantile_threshold(values, rule.drop_lowest, lowest=True), True
+        if rule.drop_highest and not resolved:
+            hi, spec.computed = quantile_threshold(values, rule.drop_highest, lowest=False), True
         if f.get("skipped"):
             spec.skipped = str(f["skipped"])
-        if spec.min is not None:
-            spec.thresholds.append((spec.min, f"min {_fmt(spec.min)}"))
-        if lo is not None and math.isfinite(lo) and lo != spec.min:
-            label = f"lowest {spec.drop_lowest:.0%} → {_fmt(lo)}" if spec.drop_lowest else f"min {_fmt(lo)}"
+        if rule.min is not None:
+            spec.thresholds.append((rule.min, f"min {_fmt(rule.min)}"))
+        if lo is not None and math.isfinite(lo) and lo != rule.min:
+            label = f"lowest {rule.drop_lowest:.0%} → {_fmt(lo)}" if rule.drop_lowest else f"min {_fmt(lo)}"
             spec.thresholds.append((lo, label))
-        if spec.max is not None:
-            spec.thresholds.append((spec.max, f"max {_fmt(spec.max)}"))
-        if hi is not None and math.isfinite(hi) and hi != spec.max:
-            label = f"highest {spec.drop_highest:.0%} → {_fmt(hi)}" if spec.drop_highest else f"max {_fmt(hi)}"
+        if rule.max is not None:
+            spec.thresholds.append((rule.max, f"max {_fmt(rule.max)}"))
+        if hi is not None and math.isfinite(hi) and hi != rule.max:
+            label = f"highest {rule.drop_highest:.0%} → {_fmt(hi)}" if rule.drop_highest else f"max {_fmt(hi)}"
             spec.thresholds.append((hi, label))
         specs.append(spec)
     return specs
@@ -196,7 +197,7 @@ def axis_range(values: list[float], thresholds: list[float]) -> tuple[float, flo
     return lo, hi
 
 
-def _histogram_svg(column: str, pairs: list[tuple[float, bool]], specs: list[FilterSpec], scope: str = "clip") -> str:
+def _histogram_svg(column: str, pairs: list[tuple[float, bool]], specs: list[DrawnFilter], scope: str = "clip") -> str:
     """Stacked (kept / dropped) histogram of ``pairs`` = (value, kept) with threshold lines."""
     thresholds = [(v, s.name, label) for s in specs for v, label in s.thresholds]
     values = [v for v, _ in pairs]
@@ -321,7 +322,7 @@ def _thumb_html(thumbs: Path, row: dict[str, Any], column: str) -> str:
     return f'<figure title="{title}"><div class="nothumb">no thumbnail</div><figcaption>{score}</figcaption></figure>'
 
 
-def _near_threshold(clips: list[dict[str, Any]], spec: FilterSpec, value: float | None,
+def _near_threshold(clips: list[dict[str, Any]], spec: DrawnFilter, value: float | None,
                     thumbs: Path) -> str:
     """Kept (by this filter) and dropped clips nearest ``value`` (or the first ones, for rules)."""
     have = [r for r in clips if not _is_missing(r.get(spec.column))]
@@ -439,8 +440,8 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
             s = spec_by.get(name)
             rule = ""
             if s is not None:
-                rule = ", ".join(f"{k} {_fmt(getattr(s, k))}" for k in ("min", "max", "drop_lowest", "drop_highest")
-                                 if getattr(s, k) is not None)
+                rule = ", ".join(f"{k} {_fmt(getattr(s.rule, k))}" for k in ("min", "max", "drop_lowest", "drop_highest")
+                                 if getattr(s.rule, k) is not None)
             th = ", ".join(_fmt(v) for v, _ in s.thresholds) if s is not None else ""
             if s is not None and s.skipped:
                 rule = f"{rule} (skipped: {s.skipped})"
