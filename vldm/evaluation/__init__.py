@@ -1,8 +1,25 @@
-"""Evaluation metrics for generated videos.
+"""Evaluation of generated videos and of training checkpoints.
+
+Entry point: ``python -m vldm.evaluation checkpoints=runs/demo data.shards=...`` (``configs/evaluate.yaml``).
 
 Submodules (import them directly; this package imports nothing heavy):
 
 - :mod:`vldm.evaluation.fidelity` -- per-frame PSNR and SSIM (Wang et al., 2004).
 - :mod:`vldm.evaluation.motion` -- optical-flow motion score (Blattmann et al., 2023),
   shared with data curation.
+- :mod:`vldm.evaluation.frechet` -- Fréchet distance and mergeable feature statistics (FID / FVD).
+- :mod:`vldm.evaluation.feature_nets` -- I3D (FVD, StyleGAN-V protocol) and Inception (FID) TorchScript
+  feature networks from local files.
+- :mod:`vldm.evaluation.random_features` -- weight-free random-projection video features (FRPD).
+- :mod:`vldm.evaluation.clip_metrics` -- CLIP score and CLIP temporal consistency (open_clip).
+- :mod:`vldm.evaluation.temporal` -- conditioning fidelity, motion vs the reference, flicker,
+  flow-warping error.
+- :mod:`vldm.evaluation.protocol` -- what a number was measured on; too-few-videos warnings.
+- :mod:`vldm.evaluation.checkpoints` -- which checkpoints to evaluate; loading them (image stage inflated).
+- :mod:`vldm.evaluation.reference` -- reference clips and their cached feature statistics.
+- :mod:`vldm.evaluation.generate` -- evaluation videos with fixed per-video seeds.
+- :mod:`vldm.evaluation.ranks` -- torch.distributed sharding, gathering and reduction.
+- :mod:`vldm.evaluation.outputs` -- ``metrics.json``, ``metrics.csv``, plots, wandb.
+- :mod:`vldm.evaluation.run` -- the evaluation run tying these together.
+- :mod:`vldm.evaluation.toy_check` -- a quick "does the toy run learn?" check.
 """

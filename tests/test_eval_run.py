@@ -1,0 +1,303 @@
+"""`python -m vldm.evaluation`: checkpoints and folders in, metrics.json / CSV / plots out."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from tests.conftest import CONFIG_DIR
+from tests.test_eval_checkpoints import smoke_chain
+from vldm.data.video_io import write_mp4
+from vldm.evaluation import feature_nets
+from vldm.evaluation.reference import load_reference_clips
+from vldm.evaluation.run import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                                             "head_width": 16},
+             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def compose_eval(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("evaluate", overrides=overrides)
+
+
+def base_overrides(toy: Path, out: Path, cache: Path) -> list[str]:
+    return [f"data.shards={toy}/videos/val-*.tar", "data.num_videos=4", f"out_dir={out}", f"cache_dir={cache}",
+            "progress=false", "metrics.fvd.weights=null", "metrics.fid.weights=null", "metrics.clip.weights=null"]
+
+
+class TinyI3D(torch.nn.Module):
+    """The I3D TorchScript call convention (uint8 (b, 3, t, h, w), rescale / resize / return_features), 400-d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(12, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        v = x.float() / 127.5 - 1.0 if rescale else x.float()
+        stats = torch.cat([v.mean(dim=(2, 3, 4)), v.std(dim=(2, 3, 4)), v.diff(dim=2).abs().mean(dim=(2, 3, 4)),
+                           v[:, :, :, ::2].mean(dim=(2, 3, 4))], dim=1)
+        return torch.tanh(self.proj(stats))
+
+
+class TinyInception(torch.nn.Module):
+    """The NVlabs Inception TorchScript call convention (uint8 (b, 3, h, w), return_features); 64-d
+    instead of 2048 (a 2048-d Fréchet distance takes seconds on a shared CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 64)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        v = x.float() / 255.0
+        return torch.tanh(self.proj(torch.cat([v.mean(dim=(2, 3)), v.std(dim=(2, 3))], dim=1)))
+
+
+def script(module: torch.nn.Module, path: Path) -> Path:
+    torch.manual_seed(0)
+    torch.jit.script(module.__class__()).save(str(path))
+    return path
+
+
+def write_folder(folder: Path, videos: np.ndarray, fps: float = 8.0) -> Path:
+    folder.mkdir(parents=True)
+    for i, v in enumerate(videos):
+        write_mp4(folder / f"{i:03d}.mp4", v, fps=fps)
+    return folder
+
+
+# ------------------------------------------------------------------------------ folder mode
+@pytest.fixture
+def folders(toy_root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The first 4 reference clips as mp4s, and noised copies."""
+    refs = load_reference_clips(f"{toy_root}/videos/val-*.tar", 4, 6, 32)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(refs.videos + rng.normal(0, 40, refs.videos.shape), 0, 255).astype(np.uint8)
+    return write_folder(tmp_path / "good", refs.videos), write_folder(tmp_path / "noisy", noisy)
+
+
+def test_folder_mode_with_fvd_fid_standins(toy_root: Path, tmp_path: Path, folders: tuple[Path, Path],
+                                           capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folder mode end to end with FVD / FID (tiny scripted I3D / Inception stand-ins) and the weight-free
+    metrics: the reference clips themselves score near-perfectly, noised copies worse; reference stats
+    are cached by the first run and reused by the second."""
+    good, noisy = folders
+    i3d, inception = script(TinyI3D(), tmp_path / "i3d.pt"), script(TinyInception(), tmp_path / "incep.pt")
+    monkeypatch.setattr(feature_nets, "InceptionFeatures", functools.partial(feature_nets.InceptionFeatures, dim=64))
+    cache = tmp_path / "cache"
+
+    def run(folder: Path, out: str) -> dict:
+        return evaluate(compose_eval(base_overrides(toy_root, tmp_path / out, cache) + [
+            f"videos={folder}", f"metrics.fvd.weights={i3d}", "metrics.fvd.num_frames=4", "metrics.fvd.resolution=32",
+            f"metrics.fid.weights={inception}", "metrics.fid.resolution=32"]))["results"][0]
+
+    first = run(good, "out_good")
+    said = capsys.readouterr().out
+    cached = sorted(cache.glob("*.npz"))
+    assert len(cached) == 3 and said.count("reference stats: computed and cached") == 3  # fvd, fid, frpd
+    assert "clip skipped: metrics.clip.weights not set" in said
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    second = run(noisy, "out_noisy")
+    said = capsys.readouterr().out
+    assert said.count("reference stats: cached") == 3 and [p.stat().st_mtime_ns for p in cached] == mtimes
+
+    g, n = first["metrics"], second["metrics"]
+    assert set(g) == {"fvd", "fid", "frpd", "psnr", "ssim", "motion", "motion_ratio", "motion_w1", "flicker",
+                      "warping_error"}
+    assert set(first["skipped"]) == {"clip_score", "clip_temporal"}
+    assert all(math.isfinite(m["value"]) for m in [*g.values(), *n.values()])
+    assert g["psnr"]["value"] > 35 and g["ssim"]["value"] > 0.95 and n["psnr"]["value"] < 25
+    for name in ("fvd", "fid", "frpd", "motion_w1", "flicker", "warping_error"):
+        assert g[name]["value"] < n[name]["value"], name
+    assert g["frpd"]["value"] < 0.05 * n["frpd"]["value"]
+    assert abs(g["motion_ratio"]["value"] - 1.0) < 0.1
+    proto = g["fvd"]["protocol"]
+    assert (proto["num_videos"], proto["num_frames"], proto["resolution"], proto["fps"]) == (4, 4, 32, 8.0)
+    assert proto["feature_net"] == "i3d" and proto["extra"]["generated_frames"] == 6
+    assert g["fid"]["protocol"]["feature_net"] == "incep" and g["frpd"]["protocol"]["feature_net"] == "rp256-s0"
+    assert "FVD from 4 videos is not comparable" in g["fvd"]["warning"] and "2048" in g["fvd"]["warning"]
+    assert g["psnr"]["higher_is_better"] is True and g["fvd"]["higher_is_better"] is False
+    assert len(first["per_video"]["psnr"]) == 4
+
+    out = tmp_path / "out_good"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["checkpoints"][0]["metrics"]["fvd"]["protocol"]["seeds"].startswith("unknown")
+    assert any("FVD from 4 videos" in w for w in saved["warnings"])
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["name"] == "good"
+    assert float(rows[0]["fvd"]) == pytest.approx(g["fvd"]["value"], rel=1e-5)
+    assert {p.name for p in (out / "plots").glob("*.png")} >= {"fvd.png", "motion_w1.png", "overview.png"}
+
+
+@pytest.mark.slow
+def test_folder_mode_clip_metrics_and_wandb(toy_root: Path, tmp_path: Path, folders: tuple[Path, Path]) -> None:
+    """CLIP score / temporal consistency through the run (a tiny random CLIP), logged to wandb offline."""
+    good, _ = folders
+    cfg = compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") + [
+        f"videos={good}", "metrics.frpd.enabled=false", "metrics.warping=false", "logger.wandb.enabled=true",
+        "logger.wandb.offline=true"])
+    cfg.metrics.clip.model_config = TINY_CLIP
+    result = evaluate(cfg)["results"][0]
+    clip_score, temporal = result["metrics"]["clip_score"], result["metrics"]["clip_temporal"]
+    assert 0.0 <= clip_score["value"] <= 100.0 and 0.0 < temporal["value"] <= 1.0 + 1e-6
+    assert clip_score["protocol"]["feature_net"] == "open_clip-custom" and clip_score["higher_is_better"] is True
+    assert "frpd" not in result["metrics"] and "warping_error" not in result["metrics"]
+    (run_dir,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    assert any(run_dir.rglob("*.wandb"))
+
+
+def test_folder_mode_unpaired_count_skips_paired_metrics(toy_root: Path, tmp_path: Path) -> None:
+    refs = load_reference_clips(f"{toy_root}/videos/val-*.tar", 4, 6, 32)
+    folder = write_folder(tmp_path / "three", refs.videos[:3])
+    result = evaluate(compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") +
+                                   [f"videos={folder}", "metrics.warping=false"]))["results"][0]
+    assert "psnr" not in result["metrics"] and "3 videos" in result["skipped"]["psnr"]
+    assert {"frpd", "motion_w1", "flicker"} <= set(result["metrics"]) and "warping_error" not in result["metrics"]
+    assert result["metrics"]["frpd"]["protocol"]["num_videos"] == 3
+
+
+# --------------------------------------------------------------------------- clear messages
+def test_absent_weights_name_the_file_and_its_source(toy_root: Path, tmp_path: Path) -> None:
+    base = base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") + [f"videos={tmp_path}"]
+    with pytest.raises(FileNotFoundError, match=r"missing/i3d_torchscript\.pt.*i3d_torchscript\.pt.*dropbox"):
+        evaluate(compose_eval(base + [f"metrics.fvd.weights={tmp_path}/missing/i3d_torchscript.pt"]))
+    with pytest.raises(FileNotFoundError, match=r"inception-2015-12-05\.pt.*nvlabs-fi-cdn"):
+        evaluate(compose_eval(base + [f"metrics.fid.weights={tmp_path}/nope.pt"]))
+    with pytest.raises(FileNotFoundError, match=r"open_clip_pytorch_model\.bin"):
+        evaluate(compose_eval(base + [f"metrics.clip.weights={tmp_path}/clip.bin"]))
+
+
+def test_folder_of_the_wrong_resolution_is_refused(toy_root: Path, tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "big", np.zeros((2, 6, 48, 48, 3), np.uint8))
+    cfg = compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") +
+                       [f"videos={folder}", "data.size=32"])
+    with pytest.raises(ValueError, match=r"resolution mismatch: .*000\.mp4 is 48x48 .*protocol resolution is 32x32"):
+        evaluate(cfg)
+
+
+def test_too_few_frames_for_fvd_is_refused_before_generating(toy_root: Path, tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "short", np.zeros((2, 6, 32, 32, 3), np.uint8))
+    i3d = script(TinyI3D(), tmp_path / "i3d_torchscript.pt")
+    cfg = compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") +
+                       [f"videos={folder}", f"metrics.fvd.weights={i3d}", "metrics.fvd.resolution=32"])
+    with pytest.raises(ValueError, match="FVD needs 16 frames per video .* clips have 6"):
+        evaluate(cfg)
+
+
+def test_config_refuses_unknown_keys_and_needs_one_source(toy_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException, match="metricz"):
+        compose_eval(["metricz.fvd.weights=x"])
+    with pytest.raises(ConfigCompositionException, match="weight"):
+        compose_eval(["metrics.fvd.weight=x"])
+    with pytest.raises(ValueError, match="either checkpoints=RUN .* or videos=DIR"):
+        evaluate(compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache")))
+
+
+def test_text_to_video_mode_says_what_the_model_is() -> None:
+    from vldm.evaluation.generate import GenerationSettings, generate_videos
+
+    i2v = type("Module", (), {"image_to_video": True})()
+    with pytest.raises(NotImplementedError, match="image-to-video"):
+        generate_videos(i2v, None, GenerationSettings(num_frames=6, size=32, mode="t2v"), what="hq")
+
+
+def test_reference_clips_are_the_first_n_in_file_order(toy_root: Path) -> None:
+    a = load_reference_clips(f"{toy_root}/videos/val-*.tar", 3, 6, 32)
+    b = load_reference_clips(f"{toy_root}/videos/val-*.tar", 5, 6, 32)
+    assert a.videos.shape == (3, 6, 32, 32, 3) and a.videos.dtype == np.uint8
+    assert b.keys[:3] == a.keys and np.array_equal(b.videos[:3], a.videos)
+    assert a.fingerprint != b.fingerprint and len(a.captions) == 3 and a.fps == [8.0] * 3
+
+
+# --------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
+    return smoke_chain(tmp_path_factory, toy_root)
+
+
+@pytest.mark.slow
+def test_evaluating_the_smoke_chain(chain: Path, toy_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """image (inflated), video and hq of a 4-step chain: table, plots, protocol fields; the reference
+    statistics are cached by the first run and reused by `python -m vldm.evaluation` after it."""
+    cache, out = tmp_path / "cache", tmp_path / "eval"
+    cfg = compose_eval(base_overrides(toy_root, out, cache) + [f"checkpoints={chain}", "sampler.num_steps=2"])
+    results = evaluate(cfg)["results"]
+    said = capsys.readouterr().out
+    assert "skipping autoencoder" in said and "reference stats: computed and cached" in said
+    assert [r["name"] for r in results] == ["image (inflated)", "video", "hq"]
+    assert [r["cumulative_step"] for r in results] == [4, 8, 12]
+    for r in results:
+        assert set(r["metrics"]) == {"frpd", "psnr", "ssim", "motion", "motion_ratio", "motion_w1", "flicker",
+                                     "warping_error"}
+        assert set(r["skipped"]) == {"fvd", "fid", "clip_score", "clip_temporal"}
+        for m in r["metrics"].values():
+            assert math.isfinite(m["value"])
+            p = m["protocol"]
+            assert (p["num_videos"], p["resolution"], p["fps"]) == (4, 32, 8.0)
+            assert p["seeds"].startswith("0..3") and p["extra"]["sampler"]["num_steps"] == 2
+            assert p["num_frames"] == (16 if m is r["metrics"]["frpd"] else 6)
+        assert "mostly noise" in r["metrics"]["frpd"]["warning"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [row["name"] for row in rows] == ["image (inflated)", "video", "hq"]
+    assert [row["stage"] for row in rows] == ["image", "video", "hq"]
+    plots = {p.name for p in (out / "plots").glob("*.png")}
+    assert plots == {f"{m}.png" for m in results[0]["metrics"]} | {"overview.png"}
+    assert all((out / "plots" / p).stat().st_size > 5000 for p in plots)
+    (cached,) = cache.glob("*.npz")
+    mtime = cached.stat().st_mtime_ns
+
+    proc = subprocess.run([sys.executable, "-m", "vldm.evaluation", f"checkpoints={chain}/hq",
+                           *base_overrides(toy_root, tmp_path / "again", cache), "sampler.num_steps=2",
+                           "save_videos=true"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reference stats: cached {cached}" in proc.stdout
+    assert cached.stat().st_mtime_ns == mtime
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["checkpoints"]
+    assert [r["name"] for r in again] == ["hq"]
+    for name, m in results[2]["metrics"].items():  # same seeds, same videos, same numbers
+        assert again[0]["metrics"][name]["value"] == pytest.approx(m["value"], rel=1e-6, abs=1e-9), name
+
+    # the saved mp4s, scored in folder mode, pair with the reference clips by name (mp4 is lossy: close, not equal)
+    saved = sorted((tmp_path / "again" / "hq" / "videos").glob("*.mp4"))
+    assert [p.name for p in saved] == [f"{i:05d}_seed{i}.mp4" for i in range(4)]
+    folder = evaluate(compose_eval(base_overrides(toy_root, tmp_path / "folder", cache) +
+                                   [f"videos={saved[0].parent}"]))["results"][0]["metrics"]
+    assert folder["psnr"]["value"] == pytest.approx(again[0]["metrics"]["psnr"]["value"], abs=0.5)
+    assert folder["motion_ratio"]["value"] == pytest.approx(again[0]["metrics"]["motion_ratio"]["value"], rel=0.2)
+
+
+@pytest.mark.slow
+def test_generated_videos_do_not_depend_on_the_number_of_ranks(chain: Path, toy_root: Path) -> None:
+    from vldm.evaluation.checkpoints import load_checkpoint, resolve_checkpoints
+    from vldm.evaluation.generate import GenerationSettings, generate_videos
+
+    module, _ = load_checkpoint(resolve_checkpoints(chain / "video")[0])
+    clips = load_reference_clips(f"{toy_root}/videos/val-*.tar", 3, 6, 32)
+    settings = GenerationSettings(num_frames=6, size=32, base_seed=5, sampler={"num_steps": 1}, progress=False)
+    idx, alone = generate_videos(module, clips, settings)
+    parts = [generate_videos(module, clips, settings, rank=r, world=2) for r in range(2)]
+    assert idx == [0, 1, 2] and [p[0] for p in parts] == [[0, 1], [2]]
+    assert np.array_equal(np.concatenate([p[1] for p in parts]), alone)
+    assert alone.shape == (3, 6, 32, 32, 3) and alone.dtype == np.uint8
+    assert not np.array_equal(alone[0], alone[1])
+    other_seed = generate_videos(module, clips, GenerationSettings(num_frames=6, size=32, base_seed=6,
+                                                                   sampler={"num_steps": 1}, progress=False))[1]
+    assert not np.array_equal(other_seed, alone)

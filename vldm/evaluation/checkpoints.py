@@ -1,0 +1,270 @@
+"""Which checkpoints to evaluate, and loading each one as an image-to-video model.
+
+A spec is a stage's run directory (``runs/demo/hq``), a run root holding stage directories
+(``runs/demo``: every diffusion stage, in the order image, video, hq), a weights file
+(``model.safetensors`` or a Lightning ``checkpoints/step=N.ckpt``), or a list of these.
+
+The image stage (SVD stage I, text-to-image) is evaluated as a video model by *inflating* it into
+the video stage's model (Blattmann et al., 2023): its UNet goes into the video UNet with
+identity temporal layers, zero new input channels and a zero vector-conditioning embedding
+(:func:`vldm.nn.inflate.load_image_weights`, what stage II starts from), so the result generates
+frame by frame with the image model — the paper's "stage 1 inflated" baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+STAGE_ORDER: tuple[str, ...] = ("image", "video", "hq")
+UNET = "model.diffusion_model."
+FIRST_STAGE = "first_stage_model."
+EMA_SHADOW = "model_ema.shadow."
+_STEP_CKPT = re.compile(r"^step=(\d+)\.ckpt$")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint to evaluate.
+
+    ``kind``: ``final`` (the stage's exported ``model.safetensors``), ``step`` (a Lightning
+    ``step=N.ckpt``, its EMA weights) or ``file`` (a weights file given directly).
+    ``video_config``: for an image-stage checkpoint, the ``config.yaml`` of the video model it is
+    inflated into (``None`` for video checkpoints).
+    ``offset``: training steps of the earlier stages of the chain, so ``offset + step`` is the step
+    counted from the start of stage I (the x axis of the plots).
+    """
+
+    name: str
+    stage: str
+    step: int | None
+    run_dir: Path
+    weights_path: Path
+    kind: str
+    video_config: Path | None = None
+    offset: int = 0
+
+    @property
+    def inflated(self) -> bool:
+        return self.video_config is not None
+
+    @property
+    def cumulative_step(self) -> int | None:
+        return None if self.step is None else self.offset + self.step
+
+
+def _stage_cfg(run_dir: Path) -> DictConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml: not a vldm stage run directory")
+    return OmegaConf.load(path)
+
+
+def _final_step(run_dir: Path) -> int | None:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text()).get("global_step", 0))
+
+
+def _stage_dirs(root: Path) -> list[tuple[Path, DictConfig]]:
+    """Stage run directories under a run root, in stage order (known stages first)."""
+    found = [(d, _stage_cfg(d)) for d in sorted(root.iterdir()) if d.is_dir() and (d / "config.yaml").is_file()]
+    rank = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return sorted(found, key=lambda item: (rank.get(str(item[1].stage.name), len(rank)), item[0].name))
+
+
+def _find_video_config(root: Path, explicit: str | Path | None) -> Path:
+    """The video model an image stage is inflated into: ``explicit`` (a config.yaml or a stage run
+    dir), else the first image-to-video stage in ``root``."""
+    if explicit:
+        path = Path(explicit)
+        path = path / "config.yaml" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"video_config {explicit}: no such config.yaml")
+        return path
+    for d, cfg in _stage_dirs(root) if root.is_dir() else []:
+        if cfg.stage.get("kind") == "diffusion" and cfg.model.module.get("image_to_video", False):
+            return d / "config.yaml"
+    raise FileNotFoundError(
+        f"the image stage is evaluated inflated into the video model, but {root} holds no image-to-video "
+        f"stage config: set video_config=<video stage run dir or its config.yaml>")
+
+
+def _refs_for_stage(run_dir: Path, cfg: DictConfig, every: str, offset: int,
+                    video_config: str | Path | None) -> list[CheckpointRef]:
+    stage = str(cfg.stage.name)
+    inflate_into = _find_video_config(run_dir.parent, video_config) if not cfg.model.module.get(
+        "image_to_video", False) else None
+    label = f"{stage} (inflated)" if inflate_into else stage
+    refs = []
+    if every == "all":
+        for path in sorted((run_dir / "checkpoints").glob("step=*.ckpt")):
+            match = _STEP_CKPT.match(path.name)
+            if match:
+                step = int(match.group(1))
+                refs.append(CheckpointRef(f"{label} @{step}", stage, step, run_dir, path, "step", inflate_into, offset))
+    final = run_dir / "model.safetensors"
+    if final.is_file():
+        step = _final_step(run_dir)
+        if not any(r.step == step for r in refs) or step is None:
+            refs.append(CheckpointRef(label, stage, step, run_dir, final, "final", inflate_into, offset))
+        else:  # the final export and the last step checkpoint are the same step: keep the export
+            refs = [r for r in refs if r.step != step] + [
+                CheckpointRef(label, stage, step, run_dir, final, "final", inflate_into, offset)]
+    if not refs:
+        raise FileNotFoundError(f"stage run {run_dir} has no model.safetensors"
+                                + (" and no checkpoints/step=*.ckpt" if every == "all" else
+                                   " (unfinished? every=all also evaluates checkpoints/step=*.ckpt)"))
+    return refs
+
+
+def _chain_offsets(root: Path) -> dict[str, int]:
+    """Steps trained before each stage of a run root (image 0, video = image's steps, ...)."""
+    offsets, total = {}, 0
+    for d, cfg in _stage_dirs(root):
+        if cfg.stage.get("kind") != "diffusion":
+            continue
+        offsets[str(cfg.stage.name)] = total
+        total += _final_step(d) or 0
+    return offsets
+
+
+def _resolve_one(spec: str | Path, every: str, video_config: str | Path | None,
+                 say: Callable[[str], None]) -> list[CheckpointRef]:
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {spec} does not exist (give a run root like runs/demo, a stage run "
+                                f"dir like runs/demo/hq, or a weights file)")
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        cfg = _stage_cfg(run_dir)
+        if cfg.stage.get("kind") != "diffusion":
+            raise ValueError(f"{path} belongs to the {cfg.stage.get('kind')} stage {cfg.stage.name!r}: an autoencoder "
+                             f"makes no videos; give a diffusion stage (image, video, hq)")
+        match = _STEP_CKPT.match(path.name)
+        step = int(match.group(1)) if match else _final_step(run_dir) if path.name == "model.safetensors" else None
+        stage = str(cfg.stage.name)
+        inflate_into = None if cfg.model.module.get("image_to_video", False) else _find_video_config(
+            run_dir.parent, video_config)
+        label = f"{stage} (inflated)" if inflate_into else stage
+        name = label if path.name == "model.safetensors" else f"{label} @{step}" if step is not None else \
+            f"{label} {path.name}"
+        offset = _chain_offsets(run_dir.parent).get(stage, 0)
+        return [CheckpointRef(name, stage, step, run_dir, path, "step" if match else "file", inflate_into, offset)]
+    if (path / "config.yaml").is_file():
+        cfg = _stage_cfg(path)
+        if cfg.stage.get("kind") != "diffusion":
+            raise ValueError(f"{path} is the {cfg.stage.get('kind')} stage {cfg.stage.name!r}: an autoencoder makes "
+                             f"no videos; give a diffusion stage (image, video, hq) or the run root {path.parent}")
+        offset = _chain_offsets(path.parent).get(str(cfg.stage.name), 0)
+        return _refs_for_stage(path, cfg, every, offset, video_config)
+    stages = _stage_dirs(path)
+    if not stages:
+        raise FileNotFoundError(f"{path} is neither a stage run dir (no config.yaml) nor a run root (no stage "
+                                f"directories with a config.yaml inside)")
+    refs: list[CheckpointRef] = []
+    offsets = _chain_offsets(path)
+    for d, cfg in stages:
+        if cfg.stage.get("kind") != "diffusion":
+            say(f"[vldm] eval: skipping {d.name} ({cfg.stage.get('kind')} stage: makes no videos)")
+            continue
+        refs += _refs_for_stage(d, cfg, every, offsets.get(str(cfg.stage.name), 0), video_config)
+    if not refs:
+        raise ValueError(f"{path} holds no diffusion stage (found: {', '.join(d.name for d, _ in stages)})")
+    return refs
+
+
+def resolve_checkpoints(spec: str | Path | list[str | Path], every: str = "final",
+                        video_config: str | Path | None = None,
+                        say: Callable[[str], None] = print) -> list[CheckpointRef]:
+    """Checkpoints named by ``spec`` (see the module doc), in the order given / stage order.
+
+    ``every``: ``final`` (each stage's ``model.safetensors``) or ``all`` (also every
+    ``checkpoints/step=N.ckpt``). ``video_config``: the video model image stages are inflated into
+    (default: the image-to-video stage beside them in the same run root).
+    """
+    if every not in ("final", "all"):
+        raise ValueError(f"every must be 'final' or 'all', got {every!r}")
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if not specs:
+        raise ValueError("no checkpoints given")
+    refs = [ref for s in specs for ref in _resolve_one(s, every, video_config, say)]
+    names = [r.name for r in refs]
+    if len(set(names)) != len(names):  # e.g. two run roots: qualify by the run root's name
+        refs = [replace(r, name=f"{r.run_dir.parent.name}/{r.name}") for r in refs]
+    return refs
+
+
+# ---------------------------------------------------------------------------------------- loading
+def ema_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Lightning checkpoint's state_dict in the export layout: the EMA copy (``model_ema.shadow.*``),
+    when kept, replaces ``model.diffusion_model.*``; other ``model_ema.*`` entries are dropped
+    (as :func:`vldm.checkpoints.export.export_state`)."""
+    out = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
+    for k, v in state.items():
+        if k.startswith(EMA_SHADOW):
+            out[UNET + k[len(EMA_SHADOW):]] = v
+    return out
+
+
+def checkpoint_state(ref: CheckpointRef) -> dict[str, torch.Tensor]:
+    """The weights of ``ref`` in the export layout (EMA weights for Lightning checkpoints)."""
+    from vldm.checkpoints.safe_load import load_state_dict_file
+
+    state = load_state_dict_file(ref.weights_path)
+    return ema_weights(state) if ref.weights_path.suffix == ".ckpt" else state
+
+
+def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _build(cfg: DictConfig):
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.model.module, ema_decay=None, sample_dir=None, _convert_="object")
+
+
+def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):
+    """``(module, train_cfg)``: the checkpoint as an image-to-video :class:`DiffusionModule` in eval mode,
+    and the training config of the model it is (the video stage's for an inflated image stage).
+
+    Inflation builds the video model seeded with its stage's ``seed`` (as training starts it), takes
+    the frozen conditioner from the video stage's export when present (identical to its start, it
+    never trains), then loads the image UNet with :func:`~vldm.nn.inflate.load_image_weights` and
+    the autoencoder / latent scale strictly — what :func:`vldm.training.init_from.init_from`
+    (``inflate``) does, from the weights in memory (EMA weights of a step checkpoint included).
+    """
+    from vldm.checkpoints.safe_load import CheckpointError, load_state_dict_file, load_strict
+    from vldm.nn.inflate import load_image_weights
+
+    state = checkpoint_state(ref)
+    if not ref.inflated:
+        cfg = _stage_cfg(ref.run_dir)
+        module = _build(cfg)
+        load_strict(module, state, what=str(ref.weights_path))
+        return module.to(device).eval(), cfg
+    cfg = OmegaConf.load(ref.video_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        module = _build(cfg)
+    video_weights = ref.video_config.parent / "model.safetensors"
+    if video_weights.is_file():
+        own = module.conditioner.state_dict()
+        frozen = {k: v for k, v in _sub(load_state_dict_file(video_weights), "conditioner.").items() if k in own}
+        module.conditioner.load_state_dict({**own, **frozen})
+    unet = _sub(state, UNET)
+    if not unet:
+        raise CheckpointError(f"{ref.weights_path} has no {UNET}* keys to inflate")
+    load_image_weights(module.network, unet)
+    load_strict(module.first_stage_model, _sub(state, FIRST_STAGE), what=f"{ref.weights_path} ({FIRST_STAGE}*)")
+    if "scale_factor" in state and module.scale_by_std:
+        module.scale_factor.copy_(state["scale_factor"])
+    return module.to(device).eval(), cfg
