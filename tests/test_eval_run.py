@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import csv
 import functools
 import json
@@ -9,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +297,11 @@ def test_generated_videos_do_not_depend_on_the_number_of_ranks(chain: Path, toy_
     idx, alone = generate_videos(module, clips, settings)
     parts = [generate_videos(module, clips, settings, rank=r, world=2) for r in range(2)]
     assert idx == [0, 1, 2] and [p[0] for p in parts] == [[0, 1], [2]]
-    assert np.array_equal(np.concatenate([p[1] for p in parts]), alone)
+    # the same videos whatever the ranks and batches, up to float rounding in batched kernels (uint8 +-1)
+    split = np.concatenate([p[1] for p in parts]).astype(np.int16)
+    one_by_one = generate_videos(module, clips, replace(settings, batch_size=1))[1].astype(np.int16)
+    for other in (split, one_by_one):
+        assert np.abs(other - alone).max() <= 1 and np.abs(other - alone).mean() < 0.01
     assert alone.shape == (3, 6, 32, 32, 3) and alone.dtype == np.uint8
     assert not np.array_equal(alone[0], alone[1])
     other_seed = generate_videos(module, clips, GenerationSettings(num_frames=6, size=32, base_seed=6,

@@ -49,6 +49,13 @@ def test_sampler_shapes_and_determinism_by_seed(video_run: Path) -> None:
     for name in ("heun", "dpmpp_2m"):
         out = sampler.image_to_video(image[:1], 4, cfg=SamplerConfig(name=name, num_steps=2, sigma_max=80.0))
         assert out.shape == (1, 4, 3, 32, 32) and torch.isfinite(out).all()
+    # one seed per image: video i is what image i alone with seed i gives, whatever the batch
+    batched = sampler.image_to_video(image, 5, cfg=cfg, seed=[7, 9])
+    alone = [sampler.image_to_video(image[i:i + 1], 5, cfg=cfg, seed=s)[0] for i, s in enumerate((7, 9))]
+    assert (batched[0] - alone[0]).abs().max() < 1e-5 and (batched[1] - alone[1]).abs().max() < 1e-5
+    assert not torch.allclose(batched[0], batched[1])
+    with pytest.raises(ValueError, match="3 seeds for 2 images"):
+        sampler.image_to_video(image, 5, cfg=cfg, seed=[1, 2, 3])
 
 
 @pytest.mark.slow

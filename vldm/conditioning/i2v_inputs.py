@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from vldm.diffusion.noise import Generators, randn
+
 
 def i2v_inputs(image: torch.Tensor, fps_id: torch.Tensor | int, motion_bucket_id: torch.Tensor | int,
-               cond_aug: torch.Tensor | float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """``image``: ``(b, 3, h, w)`` in [-1, 1]. Scalars broadcast to the batch."""
+               cond_aug: torch.Tensor | float, generator: Generators = None) -> dict[str, torch.Tensor]:
+    """``image``: ``(b, 3, h, w)`` in [-1, 1]. Scalars broadcast to the batch. ``generator``: one, or one
+    per image (:func:`vldm.diffusion.noise.randn`)."""
     b = image.shape[0]
 
     def per_sample(v: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
@@ -21,7 +24,7 @@ def i2v_inputs(image: torch.Tensor, fps_id: torch.Tensor | int, motion_bucket_id
         return v.expand(b).clone() if v.ndim == 0 else v.to(image.device, dtype)
 
     aug = per_sample(cond_aug, torch.float32)
-    noise = torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
+    noise = randn(image.shape, generator, dtype=image.dtype).to(image.device)
     return {
         "cond_frames_without_noise": image,
         "cond_frames": image + aug.to(image.dtype).reshape(-1, 1, 1, 1) * noise,

@@ -23,7 +23,8 @@ class GenerationSettings:
     ``num_frames``, ``size``: the clip length and (square) resolution, as the reference clips.
     ``fps`` / ``motion_bucket_id``: ``None`` takes each reference clip's. ``sampler``: overrides of
     the checkpoint's sampler preset (:class:`vldm.sampling.pipeline.SamplerConfig` fields).
-    ``video_dir``: also write each video as ``<video_dir>/<index>_seed<seed>.mp4``.
+    ``video_dir``: also write each video as ``<video_dir>/<index>_seed<seed>.mp4``. ``batch_size``:
+    videos per sampler call (each with its own seed, so batching does not change them).
     """
 
     num_frames: int
@@ -37,6 +38,7 @@ class GenerationSettings:
     video_dir: Path | None = None
     device: str = "cpu"
     progress: bool = True
+    batch_size: int = 8
 
     def seed(self, index: int) -> int:
         return self.base_seed + index
@@ -86,17 +88,23 @@ def generate_videos(module: Any, clips: Any, settings: GenerationSettings, rank:
     out = np.zeros((len(indices), settings.num_frames, settings.size, settings.size, 3), np.uint8)
     if settings.video_dir is not None:
         Path(settings.video_dir).mkdir(parents=True, exist_ok=True)
-    bar = tqdm(indices, desc=f"generate {what}", disable=not settings.progress or rank != 0, leave=False)
-    for j, i in enumerate(bar):
-        image = torch.from_numpy(clips.videos[i, 0]).permute(2, 0, 1).float().div(127.5).sub(1.0)[None]
-        fps = settings.fps if settings.fps is not None else clips.fps[i]
-        bucket = settings.motion_bucket_id if settings.motion_bucket_id is not None else clips.motion_bucket_ids[i]
-        video = sampler.image_to_video(image.to(device), settings.num_frames, fps_id=max(int(round(fps)) - 1, 0),
-                                       motion_bucket_id=int(bucket), cond_aug=settings.cond_aug, cfg=cfg,
-                                       seed=settings.seed(i))
-        out[j] = to_uint8(video[0])
-        if settings.video_dir is not None:
-            from vldm.data.video_io import write_mp4
+    batches = [list(range(j, min(j + max(1, settings.batch_size), len(indices))))
+               for j in range(0, len(indices), max(1, settings.batch_size))]
+    bar = tqdm(batches, desc=f"generate {what}", disable=not settings.progress or rank != 0, leave=False)
+    for rows in bar:
+        chosen = [indices[j] for j in rows]
+        image = torch.from_numpy(clips.videos[chosen, 0]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        fps = [settings.fps if settings.fps is not None else clips.fps[i] for i in chosen]
+        buckets = [settings.motion_bucket_id if settings.motion_bucket_id is not None else clips.motion_bucket_ids[i]
+                   for i in chosen]
+        video = sampler.image_to_video(image.to(device), settings.num_frames,
+                                       fps_id=torch.tensor([max(int(round(f)) - 1, 0) for f in fps]),
+                                       motion_bucket_id=torch.tensor([int(b) for b in buckets]),
+                                       cond_aug=settings.cond_aug, cfg=cfg, seed=[settings.seed(i) for i in chosen])
+        for k, (j, i) in enumerate(zip(rows, chosen)):
+            out[j] = to_uint8(video[k])
+            if settings.video_dir is not None:
+                from vldm.data.video_io import write_mp4
 
-            write_mp4(Path(settings.video_dir) / f"{i:05d}_seed{settings.seed(i)}.mp4", out[j], fps=float(fps))
+                write_mp4(Path(settings.video_dir) / f"{i:05d}_seed{settings.seed(i)}.mp4", out[j], fps=float(fps[k]))
     return indices, out

@@ -297,7 +297,7 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
     settings = GenerationSettings(num_frames=num_frames, size=size, base_seed=int(cfg.seed), mode=str(cfg.mode),
                                   fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, cond_aug=float(cfg.cond_aug),
                                   sampler=_sampler_overrides(cfg), video_dir=video_dir, device=str(device),
-                                  progress=bool(cfg.progress))
+                                  progress=bool(cfg.progress), batch_size=int(cfg.batch_size))
     indices, videos = generate_videos(module, clips, settings, rank, world, what=ref.name)
     generated = time.perf_counter()
     sampler = asdict(sampler_config(module, settings.sampler))

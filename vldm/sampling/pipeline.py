@@ -17,7 +17,7 @@ those of the plain sampler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,7 @@ from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs
 from vldm.diffusion.denoiser import Denoiser
 from vldm.diffusion.discretization import sigma_schedule
 from vldm.diffusion.guidance import guide, linear_frame_scales
+from vldm.diffusion.noise import Generators, randn, seeded_generators
 from vldm.diffusion.samplers import SAMPLERS
 from vldm.sampling.chunked_decode import chunked_decode, receptive_radius
 from vldm.sampling.memory_plan import MemoryPlan, decode_overlap, format_bytes
@@ -138,8 +139,9 @@ class LatentDiffusionSampler:
         return self.conditioner(inputs, force_zero=UNCOND_ZERO_KEYS)
 
     def sample_latents(self, inputs: dict, shape: tuple[int, ...], num_frames: int, cfg: SamplerConfig,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Latents ``(b * t, c, h, w)`` for conditioning ``inputs`` of ``b`` samples."""
+                       generator: Generators = None) -> torch.Tensor:
+        """Latents ``(b * t, c, h, w)`` for conditioning ``inputs`` of ``b`` samples (``generator``: one,
+        or one per sample)."""
         guided = not (cfg.min_guidance == 1.0 and cfg.max_guidance == 1.0)
         mode = self.plan.cfg_mode if self.plan is not None else "batched"
         if guided and mode == "none":
@@ -173,7 +175,7 @@ class LatentDiffusionSampler:
             return guide(out_u, out_c, scales, num_frames)
 
         sigmas = sigma_schedule(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(self.device)
-        noise = torch.randn(shape, generator=generator).to(self.device)
+        noise = randn(shape, generator).to(self.device)
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
         return SAMPLERS[cfg.name](denoise, x, sigmas, progress=cfg.progress)
 
@@ -205,10 +207,17 @@ class LatentDiffusionSampler:
 
     @torch.no_grad()
     def image_to_video(self, image: torch.Tensor, num_frames: int, fps_id: int = 6, motion_bucket_id: int = 127,
-                       cond_aug: float = 0.02, cfg: SamplerConfig = SamplerConfig(), seed: int = 0) -> torch.Tensor:
-        """``image`` ``(b, 3, h, w)`` in [-1, 1] -> video ``(b, t, 3, h, w)`` in [-1, 1]."""
+                       cond_aug: float = 0.02, cfg: SamplerConfig = SamplerConfig(),
+                       seed: int | Sequence[int] = 0) -> torch.Tensor:
+        """``image`` ``(b, 3, h, w)`` in [-1, 1] -> video ``(b, t, 3, h, w)`` in [-1, 1].
+
+        ``seed``: one for the batch, or one per image, so that video ``i`` is what a call with
+        ``image[i:i+1]`` and ``seed[i]`` gives, whatever the batch.
+        """
+        if not isinstance(seed, int) and len(seed) != image.shape[0]:
+            raise ValueError(f"{len(seed)} seeds for {image.shape[0]} images: give one seed, or one per image")
         self._start_measuring()
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generators(seed)
         image = image.to(self.device) if self.plan is None else image.to(self.device, torch.float32)
         inputs = i2v_inputs(image, fps_id, motion_bucket_id, cond_aug, generator=generator)
         f = self.first_stage.downsample_factor
