@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from vldm.data.shards import ImageDataset, ShardDataset, VideoClipDataset, resolve_shards
+from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset, resolve_shards
 
 ShardSpec = str | list[str]
 
@@ -17,6 +17,19 @@ class ShardDataModule(pl.LightningDataModule):
 
     ``kind="video"`` yields ``video``/``txt``/``fps_id``/``motion_bucket_id`` batches,
     ``kind="image"`` yields ``jpg``/``txt`` batches (see :mod:`vldm.data.shards`).
+
+    Under DDP every rank builds its own loader over the same shards; the dataset splits them
+    over ranks x workers (disjoint within a pass, a new split every pass). The training stream
+    never ends (``repeat=True``), so every rank always has a next batch and ``max_steps`` ends
+    training on all ranks at the same step (a finite per-rank stream of unequal length would
+    leave the longer ranks waiting in a gradient all-reduce at the end of an epoch). Lightning
+    therefore sees one endless epoch and never calls ``set_epoch`` (it only does so on samplers,
+    not on iterable datasets): passes advance inside the dataset's iterator, and on resume
+    :meth:`restore_data_position` (called by :class:`~vldm.training.data_state.DataPosition`
+    before the loader is iterated) continues the stream where the checkpoint left it, in
+    ``resume_mode`` ``"shard"`` (skip finished shards unread) or ``"exact"`` (bit-identical
+    stream; replays the current pass's tar bytes without decoding). Validation takes the first
+    ``val_samples`` samples (rounded down to a multiple of the rank count) split by index.
     """
 
     def __init__(
@@ -32,10 +45,14 @@ class ShardDataModule(pl.LightningDataModule):
         seed: int = 0,
         filter: dict[str, Any] | None = None,  # noqa: A002 - the public name of the option
         val_samples: int = 8,
+        resume_mode: str = "shard",
     ) -> None:
         super().__init__()
         if kind not in ("video", "image"):
             raise ValueError(f"kind must be 'video' or 'image', got {kind!r}")
+        if resume_mode not in RESUME_MODES:
+            raise ValueError(f"resume_mode must be one of {RESUME_MODES}, got {resume_mode!r}")
+        self.resume_mode = resume_mode
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.kind = kind
@@ -90,6 +107,13 @@ class ShardDataModule(pl.LightningDataModule):
         if self.val_dataset is None:
             return []
         return DataLoader(self.val_dataset, batch_size=min(self.batch_size, self.val_samples), num_workers=0)
+
+    def restore_data_position(self, position: dict[str, Any]) -> None:
+        """Continue the training stream after ``position`` (saved by ``DataPosition``) on its next iteration."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        assert self.train_dataset is not None
+        self.train_dataset.restore_position(position, self.resume_mode)
 
     @property
     def num_skipped(self) -> int:

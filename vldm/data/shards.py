@@ -1,9 +1,28 @@
 """Streaming video/image datasets over webdataset-style tar shards.
 
 A sample is the group of consecutive tar members sharing a key (``dir/key.ext``, key = the file
-name up to its first dot), e.g. ``000012.mp4`` + ``000012.json``. Shards are split across DDP
-ranks and DataLoader workers so that no sample is seen twice per pass; undecodable samples are
+name up to its first dot), e.g. ``000012.mp4`` + ``000012.json``. Undecodable samples are
 skipped, counted and logged, and never stop the iteration.
+
+Distributed reading. A *reader* is one DataLoader worker of one DDP rank; ``rank * workers + id``
+of ``ranks * workers`` readers (:func:`_rank_world`). Pass ``p`` (an epoch of the endless stream)
+permutes the shard list with ``[seed, p]`` (the same on every reader) and gives reader ``r``
+the shards ``r, r + world, ...`` of it: within a pass no sample reaches two readers, and the
+assignment changes from pass to pass. With fewer shards than readers (or a ``max_samples`` cap)
+every reader reads every shard and keeps the samples whose index is ``r`` modulo ``world``
+instead. Readers run their passes independently (shards differ in size), so "no duplicates"
+holds per pass index, not per wall-clock interval.
+
+Position. Every yielded sample carries ``__pos__`` = ``[reader, world, pass, position, floor]``:
+its index among the raw (undecoded) samples leaving the shuffle buffer in that pass, and
+``floor``, the first shard of the reader's pass list not yet entirely yielded. The
+:class:`~vldm.training.data_state.DataPosition` callback keeps the last trained one per reader in
+the checkpoint; :meth:`ShardDataset.restore_position` continues after it: ``"shard"`` mode skips
+the finished shards without reading them and refills the shuffle buffer from ``floor`` on (no
+sample is lost; samples of unfinished shards already trained come again), ``"exact"`` mode
+replays the pass's raw samples through the same shuffle without decoding them and continues
+with exactly the sample an uninterrupted run would have given (reads the pass's tar bytes up to
+that point once).
 """
 
 from __future__ import annotations
@@ -31,6 +50,8 @@ MAKE_TOY_HINT = "make toy data with `python -m vldm.data.toy --root data/toy`"
 VIDEO_EXTS = ("mp4", "webm", "mov", "mkv", "avi")
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _SKIP_SLOTS = 256  # >= DataLoader workers per process
+POSITION_KEY = "__pos__"  # int64 [reader, world, pass, position, floor] per sample (see the module doc)
+RESUME_MODES = ("shard", "exact")
 
 
 def _is_url(spec: str) -> bool:
@@ -180,6 +201,7 @@ class ShardDataset(IterableDataset):
         self.max_samples = max_samples
         self.shuffle_shards = shuffle_shards
         self.epoch = 0
+        self._resume: dict[str, Any] | None = None
         # Shared memory, one slot per DataLoader worker (no locking needed), so the parent
         # process sees what its workers skipped.
         self._skipped = RawArray("q", _SKIP_SLOTS)
@@ -207,6 +229,37 @@ class ShardDataset(IterableDataset):
         """First epoch of the next iteration (shard order and shuffling depend on seed + epoch)."""
         self.epoch = int(epoch)
 
+    def restore_position(self, position: dict[str, Any], mode: str = "shard") -> None:
+        """Make the next iteration continue after ``position`` (``{"world": readers, "workers":
+        {reader: [pass, position, floor]}}``, the last trained sample of each reader).
+
+        ``mode``: ``"shard"`` or ``"exact"`` (see the module doc; with fewer shards than readers
+        the pass is split by sample and ``"shard"`` replays as ``"exact"`` does). A reader missing
+        from ``workers`` had delivered nothing and starts afresh. With another number of readers
+        than saved, every reader restarts at the start of the earliest saved pass.
+        """
+        if mode not in RESUME_MODES:
+            raise ValueError(f"resume mode must be one of {RESUME_MODES}, got {mode!r}")
+        workers = {int(g): tuple(int(x) for x in v) for g, v in position.get("workers", {}).items()}
+        self._resume = {"world": int(position.get("world", 0)), "workers": workers, "mode": mode}
+
+    def _start(self, rank: int, world: int) -> tuple[int, int, int] | None:
+        """``(pass, last position, floor)`` to continue after for this reader, or None."""
+        saved = self._resume
+        if saved is None or not saved["workers"]:
+            return None
+        if saved["world"] != world:
+            first = min(p for p, _, _ in saved["workers"].values())
+            if rank == 0:
+                logger.warning("data position saved for %d readers, now %d: every reader restarts at the start "
+                               "of pass %d", saved["world"], world, first)
+            return first, -1, 0
+        return saved["workers"].get(rank)
+
+    def _by_shard(self, world: int) -> bool:
+        """Readers split the pass by shard (enough shards, no cap), else by sample index."""
+        return len(self.shards) >= world and self.max_samples is None
+
     def _skip(self, key: str, reason: str) -> None:
         info = get_worker_info()
         self._skipped[0 if info is None else info.id % _SKIP_SLOTS] += 1
@@ -215,23 +268,34 @@ class ShardDataset(IterableDataset):
     def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _raw(self, epoch: int, rank: int, world: int, stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Raw samples of one pass for this worker: filtered, split, not yet decoded.
+    def _raw(self, epoch: int, rank: int, world: int, stats: dict[str, Any],
+             start_shard: int = 0) -> Iterator[dict[str, Any]]:
+        """Raw samples of one pass for this reader: filtered, split, not yet decoded, each with
+        ``__shard__`` (its shard's index in the reader's pass list, from ``start_shard`` on).
 
-        Sets ``stats["by_shard"]`` and counts ``stats["matched"]`` (samples passing the filter).
+        Sets ``stats["by_shard"]`` and ``stats["num_shards"]`` and counts ``stats["matched"]``
+        (samples passing the filter). Under a ``max_samples`` cap every reader gets the same
+        number of samples (an uneven validation split would leave DDP ranks waiting for each
+        other): the cap is rounded down to a multiple of ``world``, and with fewer samples than
+        readers reader ``r`` takes sample ``r mod max_samples`` (one each, some shared).
         """
         shards = list(self.shards)
         if self.shuffle_shards:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
             shards = [shards[i] for i in order]
-        # Enough shards: each worker reads its own. Otherwise (or when the pass is capped by
-        # max_samples) every worker reads all shards and keeps every world-th sample.
-        by_shard = len(shards) >= world and self.max_samples is None
+        # Enough shards: each reader reads its own. Otherwise (or when the pass is capped by
+        # max_samples) every reader reads all shards and keeps every world-th sample.
+        by_shard = self._by_shard(world)
         if by_shard:
             shards = shards[rank::world]
-        stats.update(by_shard=by_shard, matched=0)
+        limit = self.max_samples
+        if limit is not None and limit >= world:
+            limit -= limit % world
+        stats.update(by_shard=by_shard, matched=0, num_shards=len(shards))
         index = 0
-        for shard in shards:
+        for shard_index, shard in enumerate(shards):
+            if shard_index < start_shard:
+                continue
             try:
                 for sample in iter_tar_samples(shard):
                     meta = self._meta(sample)
@@ -241,13 +305,17 @@ class ShardDataset(IterableDataset):
                         continue
                     if self.filter and not _matches(meta, self.filter):
                         continue
-                    if self.max_samples is not None and index >= self.max_samples:
+                    if limit is not None and index >= limit:
                         return
-                    mine = by_shard or index % world == rank
+                    if limit is not None and limit < world:
+                        mine = index == rank % limit
+                    else:
+                        mine = by_shard or index % world == rank
                     index += 1
                     stats["matched"] = index
                     if mine:
                         sample["__meta__"] = meta
+                        sample["__shard__"] = shard_index
                         yield sample
             except (tarfile.TarError, OSError, EOFError) as err:
                 if by_shard or rank == 0:  # count a broken shard once, not once per worker
@@ -270,38 +338,76 @@ class ShardDataset(IterableDataset):
             meta["caption"] = sample["txt"].decode("utf-8", errors="replace").strip()
         return meta
 
-    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: np.random.Generator,
+                  num_shards: Any = None) -> Iterator[dict[str, Any]]:
+        """Samples through the shuffle buffer, each with ``__floor__``: the first shard (pass list
+        index) not yet entirely yielded. ``num_shards()`` gives the floor once all are."""
         if self.shuffle_buffer <= 1:
-            yield from samples
+            for sample in samples:
+                sample["__floor__"] = sample.get("__shard__", 0)  # its shard may have more samples
+                yield sample
             return
         buffer: list[dict[str, Any]] = []
+        held: dict[int, int] = {}  # shard index -> samples of it in the buffer
+
+        def move(sample: dict[str, Any], change: int) -> None:
+            shard = sample.get("__shard__", 0)
+            held[shard] = held.get(shard, 0) + change
+            if not held[shard]:
+                del held[shard]
+
         for sample in samples:
+            move(sample, 1)
             if len(buffer) < self.shuffle_buffer:
                 buffer.append(sample)
                 continue
             i = int(rng.integers(len(buffer)))
             buffer[i], sample = sample, buffer[i]
+            move(sample, -1)
+            sample["__floor__"] = min(held)  # the shard being read is in the buffer too
             yield sample
         while buffer:
-            yield buffer.pop(int(rng.integers(len(buffer))))
+            sample = buffer.pop(int(rng.integers(len(buffer))))
+            move(sample, -1)
+            done = num_shards() if num_shards else sample.get("__shard__", 0) + 1
+            sample["__floor__"] = min(held) if held else done
+            yield sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world = _rank_world()
-        epoch = self.epoch
+        start = self._start(rank, world)
+        exact = self._resume is not None and self._resume["mode"] == "exact"
+        epoch = self.epoch if start is None else start[0]
         while True:
-            rng, stats, produced = np.random.default_rng([self.seed, epoch, rank]), {}, 0
-            for sample in self._shuffled(self._raw(epoch, rank, world, stats), rng):
+            stats: dict[str, Any] = {}
+            produced, skip_to, first_shard, offset, tail = 0, -1, 0, 0, ()
+            resumed = start is not None and epoch == start[0]
+            if resumed:
+                _, last, floor = start
+                if exact or not self._by_shard(world) or last < 0:
+                    skip_to = last  # replay the pass up to the last trained sample, decoding nothing
+                else:  # skip whole finished shards unread; a fresh shuffle of the rest
+                    first_shard, offset, tail = floor, last + 1, (floor,)
+            rng = np.random.default_rng([self.seed, epoch, rank, *tail])
+            raw = self._raw(epoch, rank, world, stats, start_shard=first_shard)
+            stream = self._shuffled(raw, rng, lambda: stats["num_shards"])
+            for position, sample in enumerate(stream, start=offset):
+                if position <= skip_to:
+                    continue
+                floor = sample.pop("__floor__")
+                sample.pop("__shard__", None)
                 try:
                     out = self.decode(sample, sample.pop("__meta__"))
                 except _SkipSample as err:
                     self._skip(sample["__key__"], str(err))
                     continue
                 out["__key__"] = sample["__key__"]
+                out[POSITION_KEY] = torch.tensor([rank, world, epoch, position, floor], dtype=torch.long)
                 produced += 1
                 yield out
             if not self.repeat:
                 return
-            if produced == 0:  # repeating would spin forever without yielding
+            if produced == 0 and not resumed:  # repeating would spin forever without yielding
                 if not stats["by_shard"] and 0 < stats["matched"] <= rank:
                     return  # fewer samples than workers: this one simply has none
                 raise RuntimeError(

@@ -21,6 +21,27 @@ from vldm.nn.resblock import Downsample, ResBlock, Upsample, timestep_embedding
 from vldm.nn.temporal import SpatialVideoTransformer, VideoResBlock
 
 
+class UNetBlock(nn.ModuleList):
+    """One SGM block (``input_blocks[i]``, ``middle_block``, ``output_blocks[i]``): its layers in
+    order, each given the inputs it takes. A module the UNet calls, so FSDP and activation
+    checkpointing can take a block as their unit (:mod:`vldm.training.strategies`)."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, num_frames: int,
+                image_only_indicator: torch.Tensor | None) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, VideoResBlock):
+                h = layer(h, emb, num_frames, image_only_indicator)
+            elif isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, SpatialVideoTransformer):
+                h = layer(h, context, num_frames, image_only_indicator)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context)
+            else:
+                h = layer(h)
+        return h
+
+
 @dataclass
 class UNetConfig:
     """Sizes of the UNet; the SD 2.1 and SVD values are in ``configs/model``."""
@@ -73,7 +94,7 @@ class UNet(nn.Module):
             return SpatialTransformer(ch, heads, d_head, cfg.transformer_depth, cfg.context_dim, cfg.dropout,
                                       cfg.use_linear_in_transformer)
 
-        self.input_blocks = nn.ModuleList([nn.ModuleList([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([UNetBlock([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
         skip_channels, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -81,13 +102,13 @@ class UNet(nn.Module):
                 ch = mult * mc
                 if ds in cfg.attention_resolutions:
                     layers.append(transformer(ch))
-                self.input_blocks.append(nn.ModuleList(layers))
+                self.input_blocks.append(UNetBlock(layers))
                 skip_channels.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(nn.ModuleList([Downsample(ch)]))
+                self.input_blocks.append(UNetBlock([Downsample(ch)]))
                 skip_channels.append(ch)
                 ds *= 2
-        self.middle_block = nn.ModuleList([resblock(ch, ch), transformer(ch), resblock(ch, ch)])
+        self.middle_block = UNetBlock([resblock(ch, ch), transformer(ch), resblock(ch, ch)])
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
@@ -98,7 +119,7 @@ class UNet(nn.Module):
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
-                self.output_blocks.append(nn.ModuleList(layers))
+                self.output_blocks.append(UNetBlock(layers))
         self.out = nn.Sequential(group_norm(ch, eps=1e-5), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -106,25 +127,10 @@ class UNet(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.config)
 
-    def _run_block(self, block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
-                   num_frames: int, image_only_indicator: torch.Tensor | None) -> torch.Tensor:
-        for layer in block:
-            if isinstance(layer, VideoResBlock):
-                h = layer(h, emb, num_frames, image_only_indicator)
-            elif isinstance(layer, ResBlock):
-                h = layer(h, emb)
-            elif isinstance(layer, SpatialVideoTransformer):
-                h = layer(h, context, num_frames, image_only_indicator)
-            elif isinstance(layer, SpatialTransformer):
-                h = layer(h, context)
-            else:
-                h = layer(h)
-        return h
-
-    def _block(self, block: nn.ModuleList, *args) -> torch.Tensor:
+    def _block(self, block: UNetBlock, *args) -> torch.Tensor:
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._run_block, block, *args, use_reentrant=False)
-        return self._run_block(block, *args)
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
                 y: torch.Tensor | None = None, num_frames: int = 1,

@@ -1,9 +1,14 @@
 """Run one training stage from a composed config: build, (re)start, fit, export.
 
 The run directory is stable for a given experiment and stage (``paths.output_dir``), so a
-killed or requeued job finds ``checkpoints/last.ckpt`` there and resumes at the saved step.
-At the end the stage writes ``model.safetensors`` (EMA weights, SGM layout) for the next stage
-and for ``sample.py``, and ``result.json`` saying what it did.
+killed or requeued job finds ``checkpoints/last.ckpt`` (or a newer ``hpc_ckpt_*.ckpt`` that
+Lightning's SLURM handler wrote) there and resumes at the saved step with the optimizer, EMA and
+learning-rate state, the data position (:class:`~vldm.training.data_state.DataPosition`) and the
+same wandb run (its id is kept in ``wandb_run_id.txt``). Training noise is seeded per rank and
+step (:class:`~vldm.training.data_state.StepSeed`), so ranks draw different noise and a resumed
+run draws what the uninterrupted one would have. Under DDP / FSDP every rank runs this function;
+files are written by global rank 0. At the end the stage writes ``model.safetensors`` (EMA
+weights, SGM layout) for the next stage and for ``sample.py``, and ``result.json``.
 """
 
 from __future__ import annotations
@@ -12,15 +17,20 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
 from vldm.checkpoints.export import export_safetensors
+from vldm.checkpoints.safe_load import save_safetensors
+from vldm.training.data_state import DataPosition, StepSeed
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +63,31 @@ def build_module(cfg: DictConfig, run_dir: Path) -> pl.LightningModule:
     return module
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+def launch_rank_is_zero() -> bool:
+    """Whether this process is global rank 0, known before the Trainer exists: from ``RANK`` /
+    ``SLURM_PROCID`` when set, else ``LOCAL_RANK`` (set by Lightning for the processes it starts)
+    on node ``NODE_RANK`` 0."""
+    if "RANK" in os.environ or "SLURM_PROCID" in os.environ:
+        return rank_zero_only.rank == 0
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def wandb_run_id(run_dir: Path, resuming: bool) -> str:
+    """The wandb run id of this run directory: kept in ``wandb_run_id.txt`` and reused when the
+    run resumes from a checkpoint (so a killed or requeued job continues the same wandb run); a
+    fresh start gets a new one. Only global rank 0 writes it (its logger is the only one used)."""
+    path = run_dir / "wandb_run_id.txt"
+    if resuming and path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    if launch_rank_is_zero():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, path)
+    return run_id
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> list:
     from pytorch_lightning.loggers import CSVLogger
 
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
@@ -62,32 +96,64 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         offline = wandb_cfg.logger.get("offline")
         if offline is None:  # online only when the user has given wandb a key
             offline = not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online")
+        continued = {}
+        if wandb_cfg.logger.get("id") is None:  # an id set by the user wins
+            continued = {"id": wandb_run_id(run_dir, resuming), "resume": "allow"}
         try:
-            loggers.append(instantiate(wandb_cfg.logger, save_dir=str(run_dir), offline=offline))
+            loggers.append(instantiate(wandb_cfg.logger, save_dir=str(run_dir), offline=offline, **continued))
         except Exception as err:  # noqa: BLE001 - the CSV log still records the run
             log.warning("wandb logger unavailable (%s); logging to CSV only", err)
     return loggers
 
 
 def find_resume_checkpoint(run_dir: Path, resume: bool | str) -> Path | None:
+    """``auto``: the newest of ``checkpoints/last.ckpt`` and the ``hpc_ckpt_*.ckpt`` Lightning's
+    SLURM requeue handler writes into the run directory (None if neither exists)."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume in (False, "never", None):
         return None
     if resume in (True, "auto"):
-        return last if last.is_file() else None
+        found = [p for p in [last, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        return max(found, key=lambda p: p.stat().st_mtime) if found else None
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
     return path
 
 
-def train_stage(cfg: DictConfig) -> StageResult:
-    """Train the stage described by ``cfg`` (see ``configs/train.yaml``)."""
+def _instantiate_list(items: Any) -> list:
+    return [instantiate(item, _convert_="object") for item in (items or [])]
+
+
+def _export_weights(trainer: pl.Trainer, module: pl.LightningModule, path: Path, metadata: dict) -> Path:
+    """``model.safetensors`` with the EMA weights (written by rank 0). Under FSDP the full state
+    dict is gathered first (a collective: every rank calls this)."""
+    from pytorch_lightning.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return export_safetensors(module, path, metadata=metadata) if trainer.is_global_zero else path
+    state = trainer.strategy.lightning_module_state_dict()
+    if trainer.is_global_zero:  # the same selection as vldm.checkpoints.export.export_state, on a dict
+        ema = "model_ema.shadow."
+        weights = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
+        weights.update({"model.diffusion_model." + k[len(ema):]: v for k, v in state.items() if k.startswith(ema)})
+        save_safetensors(weights, path, {k: str(v) for k, v in metadata.items()})
+    return path
+
+
+def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Sequence[Any] = ()) -> StageResult:
+    """Train the stage described by ``cfg`` (see ``configs/train.yaml``).
+
+    ``callbacks`` and ``plugins`` go to the Trainer after those of the config
+    (``trainer.callbacks`` / ``trainer.plugins``, lists of ``_target_`` nodes), e.g. Lightning's
+    ``SLURMEnvironment`` from the cluster launcher.
+    """
     start = time.time()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    pl.seed_everything(cfg.seed, workers=True)
+    if launch_rank_is_zero():
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)  # the same on every rank: identical initial weights
 
     datamodule = instantiate(cfg.data, _convert_="object")
     datamodule.setup("fit")  # fail early on a missing or empty data directory
@@ -95,11 +161,16 @@ def train_stage(cfg: DictConfig) -> StageResult:
     ckpt_dir = run_dir / "checkpoints"
     checkpointing = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step={step:06d}", auto_insert_metric_name=False,
                                     every_n_train_steps=cfg.stage.checkpoint_every, save_top_k=-1, save_last=True)
-    trainer: pl.Trainer = instantiate(cfg.trainer, max_steps=cfg.stage.max_steps, default_root_dir=str(run_dir),
-                                      logger=build_loggers(cfg, run_dir), callbacks=[checkpointing],
+    resume_from = find_resume_checkpoint(run_dir, cfg.resume)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    all_callbacks = [checkpointing, DataPosition(datamodule), StepSeed(cfg.seed),
+                     *_instantiate_list(trainer_cfg.pop("callbacks", None)), *callbacks]
+    all_plugins = [*_instantiate_list(trainer_cfg.pop("plugins", None)), *plugins]
+    trainer: pl.Trainer = instantiate(trainer_cfg, max_steps=cfg.stage.max_steps, default_root_dir=str(run_dir),
+                                      logger=build_loggers(cfg, run_dir, resume_from is not None),
+                                      callbacks=all_callbacks, plugins=all_plugins or None,
                                       val_check_interval=cfg.stage.val_every, check_val_every_n_epoch=None,
                                       _convert_="object")
-    resume_from = find_resume_checkpoint(run_dir, cfg.resume)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     try:
@@ -111,16 +182,19 @@ def train_stage(cfg: DictConfig) -> StageResult:
     if trainer.interrupted:
         raise KeyboardInterrupt(f"training interrupted at step {trainer.global_step}; resume from {ckpt_dir / 'last.ckpt'}")
 
-    weights = export_safetensors(module, run_dir / "model.safetensors",
-                                 metadata={"stage": cfg.stage.name, "global_step": str(trainer.global_step)})
+    weights = _export_weights(trainer, module, run_dir / "model.safetensors",
+                              {"stage": cfg.stage.name, "global_step": str(trainer.global_step)})
     last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
+    if not trainer.strategy.broadcast(last.is_file()):  # the same decision on every rank: saving is collective
         trainer.save_checkpoint(str(last))
     result = StageResult(run_dir, weights, last, trainer.global_step, time.time() - start)
-    skipped = getattr(datamodule, "num_skipped", 0)
-    (run_dir / "result.json").write_text(json.dumps({
-        "stage": cfg.stage.name, "global_step": result.global_step, "weights": str(weights),
-        "last_checkpoint": str(last), "seconds": round(result.seconds, 1), "skipped_samples": skipped,
-    }, indent=2))
+    if trainer.is_global_zero:
+        skipped = getattr(datamodule, "num_skipped", 0)
+        (run_dir / "result.json").write_text(json.dumps({
+            "stage": cfg.stage.name, "global_step": result.global_step, "weights": str(weights),
+            "last_checkpoint": str(last), "seconds": round(result.seconds, 1), "skipped_samples": skipped,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "world_size": trainer.world_size,
+        }, indent=2))
     log.info("stage %s done: %d steps in %.0f s; weights %s", cfg.stage.name, result.global_step, result.seconds, weights)
     return result

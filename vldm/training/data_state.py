@@ -1,0 +1,85 @@
+"""What a resumed run needs besides weights, optimizer and EMA: where the data stream was, and
+training noise that does not depend on how the run got to a step.
+
+:class:`DataPosition` keeps, in the checkpoint, the last trained sample of every data reader
+(DDP rank x DataLoader worker; see :mod:`vldm.data.shards`) and hands it back to the datamodule
+on resume, before the training loader is first iterated. :class:`StepSeed` re-seeds torch's
+global generator before every micro-batch from ``(seed, global rank, global step, micro-batch)``:
+ranks draw different diffusion noise, sigmas and conditioning dropout (identical noise on every
+rank would waste the extra devices), and a resumed run draws exactly what the uninterrupted run
+drew at the same step. Model initialisation is not affected: ``pl.seed_everything(seed)`` runs
+before the module is built, identically on every rank (and DDP broadcasts rank 0's weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from vldm.data.shards import POSITION_KEY
+
+
+def step_seed(seed: int, rank: int, step: int, micro_batch: int) -> int:
+    """A well-mixed 63-bit seed for one micro-batch of one rank (``numpy.random.SeedSequence``)."""
+    state = np.random.SeedSequence([seed, rank, step, micro_batch]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+class StepSeed(Callback):
+    """Seeds torch's global RNG before each training micro-batch (see the module doc)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._step, self._micro = -1, 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        step = trainer.global_step  # the optimizer steps done; constant over an accumulation window
+        self._micro = self._micro + 1 if step == self._step else 0
+        self._step = step
+        torch.manual_seed(step_seed(self.seed, trainer.global_rank, step, self._micro))
+
+
+class DataPosition(Callback):
+    """Saves ``{"world": readers, "workers": {reader: [pass, position, floor]}}`` — every reader's
+    last trained sample, gathered from all ranks — and restores it through
+    ``datamodule.restore_data_position`` (a no-op for data modules without one)."""
+
+    def __init__(self, datamodule: Any = None) -> None:
+        self.datamodule = datamodule
+        self.world = 0
+        self.workers: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        rows = batch.get(POSITION_KEY) if isinstance(batch, dict) else None
+        if rows is None:
+            return
+        for reader, world, epoch, position, floor in rows.tolist():  # a reader's samples arrive in order
+            self.workers[reader] = [epoch, position, floor]
+            self.world = world
+
+    def state_dict(self) -> dict[str, Any]:
+        """Called on every rank when a checkpoint is written (rank 0's result is saved)."""
+        local = {"world": self.world, "workers": dict(self.workers)}
+        parts = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, local)
+        workers: dict[str, list[int]] = {}
+        world = 0
+        for part in parts:
+            world = max(world, part["world"])
+            workers.update({str(k): list(v) for k, v in part["workers"].items()})
+        return {"world": world, "workers": workers}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.world = int(state_dict.get("world", 0))
+        self.workers = {int(k): [int(x) for x in v] for k, v in state_dict.get("workers", {}).items()}
+        restore = getattr(self.datamodule, "restore_data_position", None)
+        if restore is not None and self.workers:
+            restore({"world": self.world, "workers": self.workers})
