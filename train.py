@@ -10,13 +10,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from vldm.training.cluster import PruneRequeueCheckpoints, slurm_environment_plugins
 from vldm.training.run import TrainingDiverged, train_stage
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
-        result = train_stage(cfg)
+        # Lightning owns requeueing under SLURM (docs/cluster.md); the callback drops superseded hpc_ckpt_*.
+        result = train_stage(cfg, callbacks=[PruneRequeueCheckpoints()], plugins=slurm_environment_plugins())
     except TrainingDiverged as err:
         logging.getLogger("train").error(str(err))
         sys.exit(1)
