@@ -1,0 +1,151 @@
+"""Reads latent shards written by :mod:`vldm.data.latent_cache` (stages 2 and 3 without the encoders).
+
+A latent sample is ``<key>.safetensors`` + ``<key>.json`` in a tar shard. The safetensors member
+holds ``latents`` (the autoencoder posterior mean of every frame, unscaled, ``(T, c, h, w)``),
+``latents_logvar`` (its log-variance; absent when the cache stored the mode only), ``cond_frame``
+(the clip's first frame, uint8 ``(3, H, W)``, exactly the pixels the video pipeline gives) and
+``cached.<i>`` (the output of the conditioner's embedder ``i`` on clean inputs, e.g. the CLIP image
+embedding of the first frame). The json is the source clip's metadata plus ``fps_id``,
+``motion_bucket_id`` and ``caption``, so metadata filters work as on video shards.
+
+Batches carry ``latents`` [+ ``latents_logvar``], ``cond_frame`` (float in [-1, 1]), ``cached.<i>``,
+``fps_id``, ``motion_bucket_id``, ``txt``; :class:`~vldm.training.module.DiffusionModule` trains on
+them without decoding or encoding video. Shard splitting over ranks and workers, epochs, shuffling
+and the counting of corrupt samples and truncated shards are :class:`~vldm.data.shards.ShardDataset`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vldm.data.datamodule import ShardDataModule
+from vldm.data.shards import ShardDataset, _SkipSample, resolve_shards
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "latent_cache.json"
+LATENT_MEMBER = "safetensors"
+CACHED_PREFIX = "cached."
+
+
+def decode_latent_sample(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of one ``.safetensors`` member (safe: no pickle); ``ValueError`` if corrupt."""
+    from safetensors.torch import load
+
+    try:
+        return load(data)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError (and others)
+        raise ValueError(f"bad safetensors member ({type(err).__name__}: {err})") from None
+
+
+def frame_to_float(frame: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(..., 3, H, W)`` -> float32 in [-1, 1], bit for bit what the video pipeline computes."""
+    return frame.float().div_(127.5).sub_(1.0)
+
+
+class LatentClipDataset(ShardDataset):
+    """Yields the cached latents of a clip (first ``num_frames`` frames) and its conditioning.
+
+    ``num_frames=None`` keeps all stored frames; a clip with fewer is skipped and counted, as is a
+    sample whose safetensors member is missing or corrupt (a truncated shard is counted by the base).
+    """
+
+    def __init__(
+        self,
+        shards: str | list[str],
+        num_frames: int | None = None,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        repeat: bool = True,
+        filter: dict[str, Any] | None = None,  # noqa: A002 - the public name of the option
+        max_samples: int | None = None,
+        shuffle_shards: bool = True,
+    ) -> None:
+        super().__init__(shards, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat, filter=filter,
+                         max_samples=max_samples, shuffle_shards=shuffle_shards)
+        self.num_frames = None if num_frames is None else int(num_frames)
+
+    def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        if LATENT_MEMBER not in sample:
+            raise _SkipSample(f"no latent member (has {sorted(k for k in sample if not k.startswith('__'))})")
+        try:
+            tensors = decode_latent_sample(sample[LATENT_MEMBER])
+        except ValueError as err:
+            raise _SkipSample(str(err)) from None
+        for name in ("latents", "cond_frame"):
+            if name not in tensors:
+                raise _SkipSample(f"latent member lacks {name!r} (has {sorted(tensors)})")
+        latents = tensors["latents"]
+        t = latents.shape[0] if self.num_frames is None else self.num_frames
+        if latents.shape[0] < t:
+            raise _SkipSample(f"only {latents.shape[0]} cached frames, need {t}")
+        out: dict[str, Any] = {"latents": latents[:t].float()}
+        if "latents_logvar" in tensors:
+            out["latents_logvar"] = tensors["latents_logvar"][:t].float()
+        out["cond_frame"] = frame_to_float(tensors["cond_frame"])
+        out.update({k: v.float() for k, v in tensors.items() if k.startswith(CACHED_PREFIX)})
+        out.update(txt=str(meta.get("caption", "")), fps_id=int(meta["fps_id"]),
+                   motion_bucket_id=int(meta["motion_bucket_id"]))
+        return out
+
+
+def read_manifest(shards: list[str]) -> dict[str, Any] | None:
+    """The cache's ``latent_cache.json`` beside the first local shard (None for URLs or when absent)."""
+    if not shards or "://" in shards[0] or shards[0].startswith("pipe:"):
+        return None
+    path = Path(shards[0]).parent / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class LatentDataModule(ShardDataModule):
+    """:class:`~vldm.data.datamodule.ShardDataModule` over latent shards (``kind`` is ``latent``).
+
+    ``cache_fingerprint`` (from the cache's manifest) names the autoencoder and cached embedders
+    the latents came from; the diffusion module refuses to train on a cache of other weights
+    (``check_fingerprint=False`` turns that off). Other keyword options (e.g. a resume mode) go to
+    :class:`~vldm.data.datamodule.ShardDataModule` unchanged.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        num_frames: int | None = None,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        filter: dict[str, Any] | None = None,  # noqa: A002
+        val_samples: int = 8,
+        check_fingerprint: bool = True,
+        kind: str = "latent",
+        **options: Any,
+    ) -> None:
+        if kind != "latent":
+            raise ValueError(f"LatentDataModule reads latent shards (kind 'latent'), got kind {kind!r}")
+        super().__init__(train_shards, val_shards, kind="video", batch_size=batch_size, num_workers=num_workers,
+                         num_frames=num_frames or 0, size=0, shuffle_buffer=shuffle_buffer, seed=seed,
+                         filter=filter, val_samples=val_samples, **options)
+        self.kind = "latent"
+        self.num_frames = num_frames
+        self.check_fingerprint = check_fingerprint
+        self.manifest: dict[str, Any] | None = None
+
+    @property
+    def cache_fingerprint(self) -> str | None:
+        if not self.check_fingerprint:
+            return None
+        if self.manifest is None:
+            self.manifest = read_manifest(resolve_shards(self.train_shards))
+        return None if self.manifest is None else self.manifest.get("fingerprint")
+
+    def _make(self, shards: list[str], **kw: Any) -> ShardDataset:
+        kw.pop("size", None)
+        dataset = LatentClipDataset(shards=shards, num_frames=self.num_frames, seed=self.seed, filter=self.filter, **kw)
+        self._datasets.append(dataset)
+        return dataset
