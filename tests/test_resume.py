@@ -43,8 +43,10 @@ def _args(root: Path, toy: Path, *extra: str) -> list[str]:
 def _popen(args: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
+    # a session of its own: the kill below takes the whole job, wandb's service process included, as
+    # SLURM or a node failure would (a survivor would still hold the wandb run id)
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _load(path: Path) -> dict:
@@ -81,7 +83,7 @@ def test_killed_run_resumes_exactly(tmp_path: Path, toy_root: Path) -> None:
     while not (b_dir / "checkpoints" / "step=000004.ckpt").is_file():
         assert run_b.poll() is None and time.time() < deadline, (tmp_path / "b1.log").read_text()[-3000:]
         time.sleep(0.02)
-    os.kill(run_b.pid, signal.SIGKILL)
+    os.killpg(run_b.pid, signal.SIGKILL)
     assert run_b.wait() == -signal.SIGKILL  # killed mid-run, not finished
     saved = _load(b_dir / "checkpoints" / "last.ckpt")
     shutil.copy(b_dir / "checkpoints" / "last.ckpt", tmp_path / "saved.ckpt")
