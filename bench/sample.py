@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/sample.py`` as well as ``python -m bench.sample``
     sys.path.insert(0, str(ROOT))
 
-from bench.timing import PeakMemory, Spans  # noqa: E402
+from bench.timing import PeakMemory, Spans, write_report  # noqa: E402
 from tests.svd_reference import (  # noqa: E402 - the test-side maps and sizes
     SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE,
 )
@@ -473,10 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
               "guidance": GUIDANCE, "dtype": "fp16" if device.type == "cuda" else "fp32",
               "environment": environment(device), "runs": [asdict(r) for r in results], "ratios": ratios,
               "table": text}
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"sample-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    write_report(report, args.out, ROOT / "bench" / "results" / f"sample-{args.device}.json")
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -85,3 +86,12 @@ class PeakMemory:
         except OSError:
             pass
         return None
+
+
+def write_report(report: dict, out: str | None, default: Path) -> Path:
+    """Write a benchmark's JSON report to ``out`` (or ``default``) and say where."""
+    path = Path(out) if out else default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {path}")
+    return path

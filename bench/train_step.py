@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/train_step.py`` as well as ``python -m bench.train_step``
     sys.path.insert(0, str(ROOT))
 
-from bench.timing import PeakMemory  # noqa: E402
+from bench.timing import PeakMemory, write_report  # noqa: E402
 from tests.svd_reference import SVD_UNET, TINY_SCALAR_DIM, TINY_SVD_UNET  # noqa: E402
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -410,10 +410,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["latent"] = bench_latent(args)
         print(report["latent"]["table"])
         print(f"caching {report['latent']['cached_clips']} clips took {report['latent']['cache_s']} s")
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"train_step-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    write_report(report, args.out, ROOT / "bench" / "results" / f"train_step-{args.device}.json")
     return report
 
 

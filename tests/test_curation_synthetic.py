@@ -18,6 +18,7 @@ from data_curation.synthetic import (
     truth_path,
     write_raw_toy_videos,
 )
+from vldm.data.video_io import read_video
 
 
 def _check_truth(frames: np.ndarray, truth: dict, cfg: RawToyConfig) -> None:
@@ -108,9 +109,13 @@ def test_write_raw_toy_videos_files_truth_and_bad_files(tmp_path) -> None:
         with pytest.raises(CurationError) as err:
             probe_video(root / name)
         assert err.value.code == code, name
-    # deterministic in the seed, byte for byte (x264 is deterministic)
+    # deterministic in the seed: the same frames and truth; the files decode to the same clips (the mp4
+    # bytes matched in every run but one full-suite run, where one file differed: not relied on)
     again = write_raw_toy_videos(tmp_path / "again", 3, seed=5, cfg=cfg, bad_files=True, captions=False)
-    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+    assert load_truth(tmp_path / "again")["videos"] == truth["videos"]
+    for a, b in zip(again[:3], paths[:3]):  # the videos; then come the bad files
+        fa, fb = read_video(a)[0].astype(np.int16), read_video(b)[0].astype(np.int16)
+        assert fa.shape == fb.shape and np.abs(fa - fb).mean() < 1.0
     assert not list((tmp_path / "again").glob("*.txt"))
 
 

@@ -59,6 +59,9 @@ def recorder_override(out_dir: Path) -> str:
 def run_train(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
+    # an in-process wandb.init of an earlier test leaves WANDB_SERVICE set; a child inheriting it would
+    # register its run with this process's wandb service, which still holds the killed run's id
+    env.pop("WANDB_SERVICE", None)
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

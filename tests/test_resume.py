@@ -43,6 +43,9 @@ def _args(root: Path, toy: Path, *extra: str) -> list[str]:
 def _popen(args: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_API_KEY", None)
+    # an in-process wandb.init of an earlier test leaves WANDB_SERVICE set; a child inheriting it would
+    # register its run with this process's wandb service, which still holds the killed run's id
+    env.pop("WANDB_SERVICE", None)
     # a session of its own: the kill below takes the whole job, wandb's service process included, as
     # SLURM or a node failure would (a survivor would still hold the wandb run id)
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=log.open("w"),
