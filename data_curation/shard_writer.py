@@ -11,7 +11,6 @@ shard's bytes depend only on its clips and the output settings. A shard is writt
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -23,6 +22,7 @@ import numpy as np
 
 from data_curation.records import CurationError
 from data_curation.work_dir import atomic_write_json, read_json
+from vldm.data.shards import add_tar_member
 
 SHARD_PATTERN = "clips-{:06d}.tar"
 
@@ -147,14 +147,6 @@ def render_clip(clip: ShardClip, output: OutputConfig) -> tuple[bytes, dict[str,
     return encode_mp4(frames, fps, crf=output.crf), meta
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(task: ShardTask) -> ShardResult:
     """Write one shard (engine task): skip when done, else ``.tar.tmp`` + fsync + rename.
 
@@ -170,8 +162,8 @@ def write_shard(task: ShardTask) -> ShardResult:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for clip in task.clips:
                     mp4, meta = render_clip(clip, task.output)
-                    _add(tar, f"{clip.clip_id}.mp4", mp4)
-                    _add(tar, f"{clip.clip_id}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+                    add_tar_member(tar, f"{clip.clip_id}.mp4", mp4)
+                    add_tar_member(tar, f"{clip.clip_id}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ import torch
 from torch import nn
 
 from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST
-from vldm.data.shards import VideoClipDataset, resolve_shards
+from vldm.data.shards import VideoClipDataset, add_tar_member, resolve_shards
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +108,6 @@ class CacheReport:
         return sum(s.skipped for s in self.shards)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _batches(clips: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
     for clip in clips:
@@ -177,8 +168,8 @@ def cache_shard(module: nn.Module, shard: str, out_path: Path, num_frames: int, 
                     for clip, tensors in zip(batch, encode_clips(module, batch, store, dtype, chunk_size)):
                         meta = dict(clip["meta"], caption=clip["txt"], fps_id=clip["fps_id"],
                                     motion_bucket_id=clip["motion_bucket_id"])
-                        _add(tar, f"{clip['__key__']}.{LATENT_MEMBER}", save(tensors))
-                        _add(tar, f"{clip['__key__']}.json", json.dumps(meta, sort_keys=True).encode())
+                        add_tar_member(tar, f"{clip['__key__']}.{LATENT_MEMBER}", save(tensors))
+                        add_tar_member(tar, f"{clip['__key__']}.json", json.dumps(meta, sort_keys=True).encode())
                         report.written += 1
             f.flush()
             os.fsync(f.fileno())

@@ -28,6 +28,7 @@ that point once).
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import os
@@ -52,6 +53,16 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 _SKIP_SLOTS = 256  # >= DataLoader workers per process
 POSITION_KEY = "__pos__"  # int64 [reader, world, pass, position, floor] per sample (see the module doc)
 RESUME_MODES = ("shard", "exact")
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Append ``data`` as member ``name`` with fixed metadata (mtime 0, root, 0644), so that a shard's
+    bytes depend only on its samples."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
 
 
 def _is_url(spec: str) -> bool:
