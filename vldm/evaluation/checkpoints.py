@@ -238,12 +238,12 @@ def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):
 
     Inflation builds the video model seeded with its stage's ``seed`` (as training starts it), takes
     the frozen conditioner from the video stage's export when present (identical to its start, it
-    never trains), then loads the image UNet with :func:`~vldm.nn.inflate.load_image_weights` and
-    the autoencoder / latent scale strictly — what :func:`vldm.training.init_from.init_from`
-    (``inflate``) does, from the weights in memory (EMA weights of a step checkpoint included).
+    never trains), then inflates the image weights into it with
+    :func:`vldm.training.init_from.inflate_into` — what training's ``init_from`` (``inflate``) does,
+    from the weights in memory (EMA weights of a step checkpoint included).
     """
-    from vldm.checkpoints.safe_load import CheckpointError, load_state_dict_file, load_strict
-    from vldm.nn.inflate import load_image_weights
+    from vldm.checkpoints.safe_load import load_state_dict_file, load_strict
+    from vldm.training.init_from import inflate_into
 
     state = checkpoint_state(ref)
     if not ref.inflated:
@@ -260,11 +260,5 @@ def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):
         own = module.conditioner.state_dict()
         frozen = {k: v for k, v in _sub(load_state_dict_file(video_weights), "conditioner.").items() if k in own}
         module.conditioner.load_state_dict({**own, **frozen})
-    unet = _sub(state, UNET)
-    if not unet:
-        raise CheckpointError(f"{ref.weights_path} has no {UNET}* keys to inflate")
-    load_image_weights(module.network, unet)
-    load_strict(module.first_stage_model, _sub(state, FIRST_STAGE), what=f"{ref.weights_path} ({FIRST_STAGE}*)")
-    if "scale_factor" in state and module.scale_by_std:
-        module.scale_factor.copy_(state["scale_factor"])
+    inflate_into(module, state, str(ref.weights_path))
     return module.to(device).eval(), cfg

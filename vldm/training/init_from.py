@@ -44,6 +44,18 @@ def from_ldm_layout(module: DiffusionModule, state: dict[str, torch.Tensor], pat
     return {sgm: state[key] for sgm, key in names.items()}
 
 
+def inflate_into(module: DiffusionModule, state: dict[str, torch.Tensor], source: str) -> None:
+    """Stage 1 -> 2: the image UNet's weights into the video network (temporal layers added as
+    identities, :func:`~vldm.nn.inflate.load_image_weights`), the autoencoder and its latent scale."""
+    unet = _sub(state, UNET)
+    if not unet:
+        raise CheckpointError(f"{source} has no {UNET}* keys to inflate")
+    load_image_weights(module.network, unet)
+    load_strict(module.first_stage_model, _sub(state, FIRST_STAGE), what=f"{source} ({FIRST_STAGE}*)")
+    if "scale_factor" in state and module.scale_by_std:
+        module.scale_factor.copy_(state["scale_factor"])
+
+
 def init_from(module: DiffusionModule, path: str | Path, mode: str = "full") -> None:
     state = from_ldm_layout(module, load_state_dict_file(path), path)
     if mode == "full":
@@ -52,13 +64,7 @@ def init_from(module: DiffusionModule, path: str | Path, mode: str = "full") -> 
             state.update({f"model_ema.{k}": v for k, v in module.model_ema.state_dict().items()})
         load_strict(module, state, what=str(path))
     elif mode == "inflate":
-        unet = _sub(state, UNET)
-        if not unet:
-            raise CheckpointError(f"{path} has no {UNET}* keys to inflate")
-        load_image_weights(module.network, unet)
-        load_strict(module.first_stage_model, _sub(state, FIRST_STAGE), what=f"{path} ({FIRST_STAGE}*)")
-        if "scale_factor" in state and module.scale_by_std:
-            module.scale_factor.copy_(state["scale_factor"])
+        inflate_into(module, state, str(path))
     else:
         raise ValueError(f"init_from mode must be 'full' or 'inflate', got {mode!r}")
     if module.model_ema is not None:
