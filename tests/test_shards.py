@@ -276,3 +276,15 @@ def test_truncated_shard_does_not_stop_iteration(tmp_path: Path) -> None:
     keys = keys_of(ds)
     assert keys[-1] == "b0" and set(keys) >= {"a0", "b0"} and "a2" not in keys
     assert ds.num_skipped >= 1
+
+
+def test_in_order_reads_every_sample_once_in_file_order_on_any_rank(tmp_path: Path, monkeypatch) -> None:
+    write_shard(tmp_path / "a.tar", [clip_sample(f"a{i}", i) for i in range(3)])
+    write_shard(tmp_path / "b.tar", [clip_sample("b0", 9)])
+    ds = VideoClipDataset([str(tmp_path / "a.tar"), str(tmp_path / "b.tar")], 8, 32, shuffle_buffer=8)
+    import vldm.data.shards as shards
+
+    monkeypatch.setattr(shards, "_rank_world", lambda: (1, 2))  # as rank 1 of 2: split streams would differ
+    out = list(ds.in_order())
+    assert [o["__key__"] for o in out] == ["a0", "a1", "a2", "b0"]
+    assert all("caption" in o["__meta__"] for o in out) and out[0]["video"].shape == (8, 3, 32, 32)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from vldm.data.datamodule import ShardDataModule
-from vldm.data.shards import ShardDataset, _SkipSample, resolve_shards
+from vldm.data.shards import ShardDataset, SkipSample, resolve_shards
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +72,18 @@ class LatentClipDataset(ShardDataset):
 
     def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         if LATENT_MEMBER not in sample:
-            raise _SkipSample(f"no latent member (has {sorted(k for k in sample if not k.startswith('__'))})")
+            raise SkipSample(f"no latent member (has {sorted(k for k in sample if not k.startswith('__'))})")
         try:
             tensors = decode_latent_sample(sample[LATENT_MEMBER])
         except ValueError as err:
-            raise _SkipSample(str(err)) from None
+            raise SkipSample(str(err)) from None
         for name in ("latents", "cond_frame"):
             if name not in tensors:
-                raise _SkipSample(f"latent member lacks {name!r} (has {sorted(tensors)})")
+                raise SkipSample(f"latent member lacks {name!r} (has {sorted(tensors)})")
         latents = tensors["latents"]
         t = latents.shape[0] if self.num_frames is None else self.num_frames
         if latents.shape[0] < t:
-            raise _SkipSample(f"only {latents.shape[0]} cached frames, need {t}")
+            raise SkipSample(f"only {latents.shape[0]} cached frames, need {t}")
         out: dict[str, Any] = {"latents": latents[:t].float()}
         if "latents_logvar" in tensors:
             out["latents_logvar"] = tensors["latents_logvar"][:t].float()

@@ -186,7 +186,7 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return x.movedim(-1, -3).contiguous()
 
 
-class _SkipSample(Exception):
+class SkipSample(Exception):
     """Raised by a decoder to drop one sample (counted and logged)."""
 
 
@@ -384,6 +384,20 @@ class ShardDataset(IterableDataset):
             sample["__floor__"] = min(held) if held else done
             yield sample
 
+    def in_order(self) -> Iterator[dict[str, Any]]:
+        """Every decodable sample once, in file order, whatever the rank or worker (no split, no
+        shuffle, no repeat), with its json under ``__meta__``: for reference sets every rank needs
+        whole, such as evaluation's reference clips. Undecodable samples are skipped and counted."""
+        for sample in self._raw(0, 0, 1, {}):
+            meta = sample.pop("__meta__")
+            try:
+                out = self.decode(sample, meta)
+            except SkipSample as err:
+                self._skip(sample["__key__"], str(err))
+                continue
+            out["__key__"], out["__meta__"] = sample["__key__"], meta
+            yield out
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world = _rank_world()
         start = self._start(rank, world)
@@ -409,7 +423,7 @@ class ShardDataset(IterableDataset):
                 sample.pop("__shard__", None)
                 try:
                     out = self.decode(sample, sample.pop("__meta__"))
-                except _SkipSample as err:
+                except SkipSample as err:
                     self._skip(sample["__key__"], str(err))
                     continue
                 out["__key__"] = sample["__key__"]
@@ -455,13 +469,13 @@ class VideoClipDataset(ShardDataset):
     def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         ext = next((e for e in VIDEO_EXTS if e in sample), None)
         if ext is None:
-            raise _SkipSample(f"no video member (has {sorted(k for k in sample if not k.startswith('__'))})")
+            raise SkipSample(f"no video member (has {sorted(k for k in sample if not k.startswith('__'))})")
         try:
             frames, fps = read_video(sample[ext], max_frames=self.num_frames)
         except VideoDecodeError as err:
-            raise _SkipSample(str(err)) from None
+            raise SkipSample(str(err)) from None
         if len(frames) < self.num_frames:
-            raise _SkipSample(f"only {len(frames)} frames, need {self.num_frames}")
+            raise SkipSample(f"only {len(frames)} frames, need {self.num_frames}")
         fps = meta.get("fps", fps)
         return {
             "video": _to_tensor(resize_center_crop(frames, self.size)),
@@ -492,9 +506,9 @@ class ImageDataset(ShardDataset):
     def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
-            raise _SkipSample(f"no image member (has {sorted(k for k in sample if not k.startswith('__'))})")
+            raise SkipSample(f"no image member (has {sorted(k for k in sample if not k.startswith('__'))})")
         image = cv2.imdecode(np.frombuffer(sample[ext], np.uint8), cv2.IMREAD_COLOR)
         if image is None:
-            raise _SkipSample(f"cannot decode {ext} ({len(sample[ext])} bytes, starting {sample[ext][:16]!r})")
+            raise SkipSample(f"cannot decode {ext} ({len(sample[ext])} bytes, starting {sample[ext][:16]!r})")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return {"jpg": _to_tensor(resize_center_crop(image, self.size)), "txt": str(meta.get("caption", ""))}

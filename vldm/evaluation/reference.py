@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vldm.data.shards import VideoClipDataset, _SkipSample
+from vldm.data.shards import VideoClipDataset
 
 
 @dataclass
@@ -60,21 +60,6 @@ class ReferenceClips:
         return float(np.mean(self.fps)) if self.fps else float("nan")
 
 
-class _OrderedClips(VideoClipDataset):
-    """Every clip of every shard in file order, on every rank (no rank / worker split, no shuffle)."""
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for sample in self._raw(0, 0, 1, {}):
-            meta = sample.pop("__meta__")
-            try:
-                out = self.decode(sample, meta)
-            except _SkipSample as err:
-                self._skip(sample["__key__"], str(err))
-                continue
-            out["__key__"], out["__fps__"] = sample["__key__"], float(meta.get("fps", out["fps_id"] + 1))
-            yield out
-
-
 def dataset_fingerprint(shards: list[str], num_videos: int) -> str:
     """Short hash of the shard paths, sizes and mtimes, and the clip count."""
     items = []
@@ -91,9 +76,9 @@ def load_reference_clips(shards: str | list[str], num_videos: int, num_frames: i
 
     if num_videos < 1:
         raise ValueError(f"num_videos must be at least 1, got {num_videos}")
-    dataset = _OrderedClips(shards, num_frames=num_frames, size=size, repeat=False, shuffle_shards=False)
+    dataset = VideoClipDataset(shards, num_frames=num_frames, size=size, repeat=False, shuffle_shards=False)
     clips = []
-    for clip in dataset:
+    for clip in dataset.in_order():
         clips.append(clip)
         if len(clips) == num_videos:
             break
@@ -104,7 +89,7 @@ def load_reference_clips(shards: str | list[str], num_videos: int, num_frames: i
 
     videos = to_uint8(torch.stack([c["video"] for c in clips]))
     return ReferenceClips(
-        videos=videos, captions=[c["txt"] for c in clips], fps=[c["__fps__"] for c in clips],
+        videos=videos, captions=[c["txt"] for c in clips], fps=[float(c["__meta__"].get("fps", c["fps_id"] + 1)) for c in clips],
         motion_bucket_ids=[int(c["motion_bucket_id"]) for c in clips], keys=[c["__key__"] for c in clips],
         shards=list(dataset.shards), fingerprint=dataset_fingerprint(dataset.shards, num_videos),
         skipped=dataset.num_skipped)
