@@ -22,7 +22,7 @@ import numpy as np
 
 from data_curation.records import CurationError
 from data_curation.work_dir import atomic_write_json, read_json
-from vldm.data.shards import add_tar_member
+from vldm.data.tar_shards import add_tar_member
 
 SHARD_PATTERN = "clips-{:06d}.tar"
 

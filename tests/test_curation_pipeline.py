@@ -30,7 +30,7 @@ def compose_curate(overrides: list[str]) -> Any:
 
 def tar_samples(shard_dir: Path) -> dict[str, dict[str, Any]]:
     """``{shard name: {key: {ext: bytes}}}`` of every shard, failing on a key seen twice."""
-    from vldm.data.shards import iter_tar_samples
+    from vldm.data.tar_shards import iter_tar_samples
 
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(shard_dir.glob("*.tar")):

@@ -18,7 +18,8 @@ import torch
 from tests.conftest import compose_train
 from vldm.data.latent_cache import build_stage_module, cache_latents, fingerprint, main
 from vldm.data.latent_dataset import MANIFEST, LatentClipDataset
-from vldm.data.shards import VideoClipDataset, iter_tar_samples
+from vldm.data.shards import VideoClipDataset
+from vldm.data.tar_shards import iter_tar_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from vldm.data.datamodule import ShardDataModule
-from vldm.data.shards import ImageDataset, VideoClipDataset, resolve_shards
+from vldm.data.shards import ImageDataset, VideoClipDataset
+from vldm.data.tar_shards import resolve_shards
 from vldm.data.toy import ToyVideoConfig, generate_clip
 from vldm.data.video_io import encode_mp4
 

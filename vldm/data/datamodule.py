@@ -7,7 +7,8 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset, resolve_shards
+from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset
+from vldm.data.tar_shards import resolve_shards
 
 ShardSpec = str | list[str]
 

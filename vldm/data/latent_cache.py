@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST
-from vldm.data.shards import VideoClipDataset, add_tar_member, resolve_shards
+from vldm.data.shards import VideoClipDataset
+from vldm.data.tar_shards import add_tar_member, resolve_shards
 
 log = logging.getLogger(__name__)
 

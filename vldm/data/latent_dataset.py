@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from vldm.data.datamodule import ShardDataModule
-from vldm.data.shards import ShardDataset, SkipSample, resolve_shards
+from vldm.data.shards import ShardDataset, SkipSample
+from vldm.data.tar_shards import resolve_shards
 
 logger = logging.getLogger(__name__)
 
