@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/sample.py`` as well as ``python -m bench.sample``
     sys.path.insert(0, str(ROOT))
 
-from bench.timing import PeakMemory, Spans, write_report  # noqa: E402
+from bench.timing import PeakMemory, Spans, environment, write_report  # noqa: E402
 from tests.svd_reference import (  # noqa: E402 - the test-side maps and sizes
     SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE,
 )
@@ -389,16 +388,6 @@ def table(results: list[RunResult], paired: dict | None = None) -> tuple[str, di
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines), ratios
-
-
-def environment(device: torch.device) -> dict:
-    import diffusers
-
-    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-           "cpu_threads": torch.get_num_threads(), "machine": platform.machine()}
-    if device.type == "cuda" and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

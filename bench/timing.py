@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -95,3 +97,14 @@ def write_report(report: dict, out: str | None, default: Path) -> Path:
     path.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {path}")
     return path
+
+
+def environment(device: torch.device) -> dict:
+    """What a benchmark record says about the machine and library versions."""
+    import diffusers
+
+    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+           "cpu_threads": torch.get_num_threads(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    if device.type == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python bench/train_step.py`` as well as ``python -m bench.train_step``
     sys.path.insert(0, str(ROOT))
 
-from bench.timing import PeakMemory, write_report  # noqa: E402
+from bench.timing import PeakMemory, environment, write_report  # noqa: E402
 from tests.svd_reference import SVD_UNET, TINY_SCALAR_DIM, TINY_SVD_UNET  # noqa: E402
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -342,16 +341,6 @@ def bench_latent(args: argparse.Namespace) -> dict:
     rows.append(("latent/video", "", f"{result['speedup']:.2f}x", "", ""))
     result["table"] = render(rows)
     return result
-
-
-def environment(device: torch.device) -> dict:
-    import diffusers
-
-    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-           "cpu_threads": torch.get_num_threads(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    if device.type == "cuda" and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
