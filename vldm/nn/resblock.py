@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from vldm.nn.attention import group_norm
+from vldm.nn.temporal_conv import TemporalConv3d
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -29,7 +30,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
-    return {2: nn.Conv2d, 3: nn.Conv3d}[dims](*args, **kwargs)
+    return {2: nn.Conv2d, 3: TemporalConv3d}[dims](*args, **kwargs)
 
 
 class ResBlock(nn.Module):

@@ -29,6 +29,7 @@ from torch import nn
 from vldm.nn.autoencoder import Decoder
 from vldm.nn.autoencoder_blocks import ResnetBlock
 from vldm.nn.resblock import ResBlock
+from vldm.nn.temporal_conv import TemporalConv3d
 
 
 def as_kernel3d(kernel_size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -81,7 +82,7 @@ class TimeMixConv(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, video_kernel_size: Sequence[int] = (3, 1, 1)) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1)
         k = tuple(video_kernel_size)
-        self.time_mix_conv = nn.Conv3d(out_channels, out_channels, k, padding=[v // 2 for v in k])
+        self.time_mix_conv = TemporalConv3d(out_channels, out_channels, k, padding=[v // 2 for v in k])
         with torch.no_grad():
             if not self.time_mix_conv.weight.is_meta:
                 self.time_mix_conv.weight.zero_()
