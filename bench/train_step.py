@@ -10,7 +10,8 @@ noise, sigmas, CLIP token, concat latent, fps / motion / cond_aug ids), with the
 8 clips x 6 frames at 32 px) — a step being: next batch from the data loader, ``diffusion_loss``,
 backward, AdamW, EMA update — reading mp4 shards (decode, CLIP, autoencoder every step) vs reading the
 latent cache of the same clips (``configs/data/toy_videos_latent.yaml``) made by
-:mod:`vldm.data.latent_cache` with the same module.
+:mod:`vldm.data.latent_cache` with the same module. Printed beside it: the FLOP ceiling of that
+speed-up (:mod:`bench.step_flops`: caching removes the encoders, never the UNet's work).
 
 Timing: the cases of a part are built in one process and run in turn, ``--rounds`` rounds of
 ``--steps`` steps (order reversed every other round), after ``--warmup`` steps each; a case's speed is
@@ -339,6 +340,12 @@ def bench_latent(args: argparse.Namespace) -> dict:
         rows.append((name, f"{best:.4f}", f"{1 / best:.2f}", f"{setup['batch'] / best:.1f}", f"{data:.4f}"))
     result["speedup"] = median_ratio(per_round["video"], per_round["latent"])  # latent steps/s over video's
     rows.append(("latent/video", "", f"{result['speedup']:.2f}x", "", ""))
+    # the most caching can give a compute-bound step: FLOPs with / without the encoders (bench/step_flops.py)
+    from bench.step_flops import build_on_meta, caching_flops
+
+    flops = caching_flops(build_on_meta("toy_video"), setup["batch"], setup["frames"], (setup["size"],) * 2)
+    result["flops"] = flops
+    rows.append(("FLOP ceiling", "", f"{flops['ceiling']:.2f}x", "", f"encoders {flops['removed_share']:.0%}"))
     result["table"] = render(rows)
     return result
 

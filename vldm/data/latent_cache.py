@@ -126,25 +126,35 @@ def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_clips(module: nn.Module, clips: list[dict[str, Any]], store: str = "posterior",
-                 dtype: torch.dtype = torch.float32, chunk_size: int | None = None) -> list[dict[str, torch.Tensor]]:
-    """The tensors stored for each clip (see the module docstring), computed on the module's device."""
-    device = next(module.first_stage_model.parameters()).device
-    video = torch.stack([c["video"] for c in clips]).to(device)  # (b, t, 3, H, W) in [-1, 1]
+def encode_batch(module: nn.Module, video: torch.Tensor, txt: Sequence[str],
+                 chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """What the cache holds for a batch of clips, batched, on the module's device (see the module
+    docstring): ``latents`` / ``latents_logvar`` ``(b, t, c, h, w)``, ``cond_frame`` ``(b, 3, H, W)``
+    in [-1, 1] and ``cached.<i>`` for every cacheable embedder. ``video``: ``(b, t, 3, H, W)`` in [-1, 1]."""
     b, t = video.shape[:2]
     posterior = module.first_stage_model.encode_frames(video.flatten(0, 1), chunk_size)
-    mean = posterior.mean.reshape(b, t, *posterior.mean.shape[1:])
-    logvar = posterior.logvar.reshape(b, t, *posterior.logvar.shape[1:])
-    inputs = {"cond_frames_without_noise": video[:, 0], "txt": [c["txt"] for c in clips]}
-    cached = {}
+    out = {"latents": posterior.mean.reshape(b, t, *posterior.mean.shape[1:]),
+           "latents_logvar": posterior.logvar.reshape(b, t, *posterior.logvar.shape[1:]),
+           "cond_frame": video[:, 0]}
+    inputs = {"cond_frames_without_noise": video[:, 0], "txt": list(txt)}
     for i in cached_embedders(module.conditioner):
-        cached[f"{CACHED_PREFIX}{i}"] = module.conditioner.embedders[i](inputs[module.conditioner.input_keys[i]])
+        out[f"{CACHED_PREFIX}{i}"] = module.conditioner.embedders[i](inputs[module.conditioner.input_keys[i]])
+    return out
+
+
+def encode_clips(module: nn.Module, clips: list[dict[str, Any]], store: str = "posterior",
+                 dtype: torch.dtype = torch.float32, chunk_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The tensors stored for each clip, on the CPU: :func:`encode_batch` split per clip, latents in
+    ``dtype``, the conditioning frame as uint8, cached embeddings in float32."""
+    device = next(module.first_stage_model.parameters()).device
+    video = torch.stack([c["video"] for c in clips]).to(device)
+    batch = encode_batch(module, video, [c["txt"] for c in clips], chunk_size)
     out = []
-    for j in range(b):
-        tensors = {"latents": mean[j].to(dtype), "cond_frame": _to_uint8(video[j, 0].float())}
+    for j in range(video.shape[0]):
+        tensors = {"latents": batch["latents"][j].to(dtype), "cond_frame": _to_uint8(batch["cond_frame"][j].float())}
         if store == "posterior":
-            tensors["latents_logvar"] = logvar[j].to(dtype)
-        tensors.update({k: v[j].float() for k, v in cached.items()})
+            tensors["latents_logvar"] = batch["latents_logvar"][j].to(dtype)
+        tensors.update({k: v[j].float() for k, v in batch.items() if k.startswith(CACHED_PREFIX)})
         out.append({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
     return out
 
