@@ -34,13 +34,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 #: (model config, batch, frames, (height, width), config overrides): the toy stage of ``make demo``;
-#: SVD at its fine-tuning shape (Blattmann et al., 2023: 14 frames at 576x1024), with activation
-#: checkpointing (configs/model/svd.yaml) and without; SVD at the paper's video-pretraining 320x576.
+#: SVD at its image-to-video shape (Blattmann et al., 2023: 14 frames at 576x1024), with activation
+#: checkpointing (configs/model/svd.yaml) and without; and at the paper's video-pretraining 256x384.
 CASES: dict[str, tuple[str, int, int, tuple[int, int], tuple[str, ...]]] = {
     "toy": ("toy_video", 8, 6, (32, 32), ()),
     "svd": ("svd", 1, 14, (576, 1024), ()),
     "svd_no_ckpt": ("svd", 1, 14, (576, 1024), ("model.module.network.gradient_checkpointing=false",)),
-    "svd_320x576": ("svd", 1, 14, (320, 576), ()),
+    "svd_256x384": ("svd", 1, 14, (256, 384), ()),
 }
 
 

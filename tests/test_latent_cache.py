@@ -216,3 +216,25 @@ def test_a_stage_trains_and_validates_on_the_latent_config(cached: Path, toy_roo
     rows = (result.run_dir / "logs" / "metrics.csv").read_text().splitlines()
     val = float(rows[1].split(",")[rows[0].split(",").index("val/loss")])
     assert 0 < val < 10  # the validation loss on cached latents, finite
+
+
+
+def test_cache_takes_one_strided_window_and_records_it(tmp_path: Path, module) -> None:
+    from tests.test_frames import counting_shard
+    from vldm.data.latent_cache import encode_batch
+    from vldm.data.latent_dataset import decode_latent_sample
+
+    shard = counting_shard(tmp_path / "train-000000.tar", {"a": 12, "b": 9})
+    out = tmp_path / "latents"
+    report = cache_latents(module, [str(shard)], out, num_frames=4, size=[16, 24], frame_stride=3)
+    assert report.written == 1 and report.skipped == 1  # 'b' cannot span 10 frames
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["frame_stride"] == 3 and manifest["size"] == [16, 24] and manifest["num_frames"] == 4
+    (sample,) = iter_tar_samples(str(out / shard.name))
+    tensors = decode_latent_sample(sample["safetensors"])
+    assert json.loads(sample["json"])["fps_id"] == 7  # 24 fps source, every 3rd frame
+    clip = next(iter(VideoClipDataset([str(shard)], num_frames=4, size=[16, 24], repeat=False, frame_stride=3)))
+    expected = encode_batch(module, clip["video"][None], [""])
+    torch.testing.assert_close(tensors["latents"], expected["latents"][0])
+    with pytest.raises(ValueError, match="one window per clip"):
+        cache_latents(module, [str(shard)], tmp_path / "other", num_frames=4, size=16, frame_stride=[1, 2])

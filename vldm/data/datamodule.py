@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from vldm.data.frames import FrameWindow, frame_size
 from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset
 from vldm.data.tar_shards import resolve_shards
 
@@ -41,12 +43,14 @@ class ShardDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         num_frames: int = 8,
-        size: int = 32,
+        size: int | Sequence[int] = 32,
         shuffle_buffer: int = 256,
         seed: int = 0,
         filter: dict[str, Any] | None = None,  # noqa: A002 - the public name of the option
         val_samples: int = 8,
         resume_mode: str = "shard",
+        frame_stride: int | Sequence[int] = 1,
+        clip_start: str = "first",
     ) -> None:
         super().__init__()
         if kind not in ("video", "image"):
@@ -60,7 +64,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.num_frames = num_frames
-        self.size = size
+        self.size = frame_size(size)
+        self.window = FrameWindow.of(num_frames or 1, frame_stride, clip_start)  # validated now, not in a worker
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.filter = dict(filter) if filter else None
@@ -72,7 +77,8 @@ class ShardDataModule(pl.LightningDataModule):
     def _make(self, shards: list[str], **kw: Any) -> ShardDataset:
         common = dict(shards=shards, size=self.size, seed=self.seed, filter=self.filter, **kw)
         if self.kind == "video":
-            dataset: ShardDataset = VideoClipDataset(num_frames=self.num_frames, **common)
+            dataset: ShardDataset = VideoClipDataset(num_frames=self.num_frames, frame_stride=self.window.strides,
+                                                     clip_start=self.window.start, **common)
         else:
             dataset = ImageDataset(**common)
         self._datasets.append(dataset)

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vldm.data.frames import size_record
 from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST
 from vldm.data.shards import VideoClipDataset
 from vldm.data.tar_shards import add_tar_member, resolve_shards
@@ -159,9 +160,9 @@ def encode_clips(module: nn.Module, clips: list[dict[str, Any]], store: str = "p
     return out
 
 
-def cache_shard(module: nn.Module, shard: str, out_path: Path, num_frames: int, size: int, batch_size: int = 8,
-                store: str = "posterior", dtype: torch.dtype = torch.float32,
-                chunk_size: int | None = None) -> ShardReport:
+def cache_shard(module: nn.Module, shard: str, out_path: Path, num_frames: int, size: int | Sequence[int],
+                batch_size: int = 8, store: str = "posterior", dtype: torch.dtype = torch.float32,
+                chunk_size: int | None = None, frame_stride: int = 1) -> ShardReport:
     """Encode one video shard into ``out_path`` (``<out_path>.tmp``, fsync, rename); skip it if done."""
     from safetensors.torch import save
 
@@ -170,7 +171,8 @@ def cache_shard(module: nn.Module, shard: str, out_path: Path, num_frames: int, 
         report.done_before = True
         return report
     start = time.perf_counter()
-    clips = _ClipsWithMeta([shard], num_frames=num_frames, size=size, repeat=False, shuffle_shards=False)
+    clips = _ClipsWithMeta([shard], num_frames=num_frames, size=size, repeat=False, shuffle_shards=False,
+                           frame_stride=frame_stride)
     tmp = out_path.with_name(out_path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -213,13 +215,15 @@ def check_or_write_manifest(out_dir: Path, settings: dict[str, Any]) -> None:
     _atomic_write_json(path, settings)
 
 
-def cache_latents(module: nn.Module, shards: Sequence[str] | str, out_dir: str | Path, num_frames: int, size: int,
-                  batch_size: int = 8, store: str = "posterior", dtype: str = "float32", rank: int = 0,
-                  world: int = 1, chunk_size: int | None = None) -> CacheReport:
+def cache_latents(module: nn.Module, shards: Sequence[str] | str, out_dir: str | Path, num_frames: int,
+                  size: int | Sequence[int], batch_size: int = 8, store: str = "posterior", dtype: str = "float32",
+                  rank: int = 0, world: int = 1, chunk_size: int | None = None, frame_stride: int = 1) -> CacheReport:
     """Encode every video shard (this process: every ``world``-th from ``rank``) into ``out_dir``.
 
     ``module``: a :class:`~vldm.training.module.DiffusionModule` with the stage's first stage and
-    conditioner (their weights define the cache). Output shards keep the input shards' names.
+    conditioner (their weights define the cache). Output shards keep the input shards' names. Each
+    clip's first window of ``num_frames`` frames every ``frame_stride`` is cached: one window per
+    clip (random windows and strides drawn per step are what caching gives up).
     """
     if store not in STORES:
         raise ValueError(f"store must be one of {STORES}, got {store!r}")
@@ -230,13 +234,19 @@ def cache_latents(module: nn.Module, shards: Sequence[str] | str, out_dir: str |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = {str(i): module.conditioner.input_keys[i] for i in cached_embedders(module.conditioner)}
-    check_or_write_manifest(out_dir, {"format": 1, "fingerprint": fingerprint(module), "num_frames": int(num_frames),
-                                      "size": int(size), "store": store, "dtype": dtype, "cached_embedders": keys})
+    if not isinstance(frame_stride, int) or frame_stride < 1:
+        raise ValueError(f"a latent cache holds one window per clip: frame_stride must be one int >= 1, "
+                         f"got {frame_stride!r}")
+    settings = {"format": 1, "fingerprint": fingerprint(module), "num_frames": int(num_frames),
+                "size": size_record(size), "store": store, "dtype": dtype, "cached_embedders": keys}
+    if frame_stride != 1:  # recorded only when set, so caches written before strides existed still match
+        settings["frame_stride"] = frame_stride
+    check_or_write_manifest(out_dir, settings)
     report = CacheReport(str(out_dir))
     module.eval()
     for shard in shards[rank::world]:
         result = cache_shard(module, shard, out_dir / Path(shard).name, num_frames, size, batch_size, store,
-                             DTYPES[dtype], chunk_size)
+                             DTYPES[dtype], chunk_size, frame_stride)
         report.shards.append(result)
         state = "already done" if result.done_before else f"{result.written} clips, {result.skipped} skipped"
         log.info("%s: %s", result.name, state)
@@ -287,8 +297,15 @@ def main(argv: list[str] | None = None) -> CacheReport:
     out = Path(args.out or Path(cfg.paths.data_dir) / "latents" / "videos")
     shards = [s for split in args.splits.split(",") if cfg.data.get(f"{split}_shards")
               for s in resolve_shards(cfg.data[f"{split}_shards"])]
-    report = cache_latents(module, shards, out, cfg.data.num_frames, cfg.data.size, args.batch_size, args.store,
-                           args.dtype, args.rank, args.world, args.chunk_size)
+    stride = cfg.data.get("frame_stride", 1)
+    if not isinstance(stride, int):
+        raise SystemExit(f"data.frame_stride={stride}: a latent cache holds one window per clip; give one int")
+    if cfg.data.get("clip_start", "first") != "first":
+        log.warning("data.clip_start=%s: the cache holds each clip's first window (random windows are not cached)",
+                    cfg.data.clip_start)
+    size = list(cfg.data.size) if not isinstance(cfg.data.size, int) else cfg.data.size
+    report = cache_latents(module, shards, out, cfg.data.num_frames, size, args.batch_size, args.store,
+                           args.dtype, args.rank, args.world, args.chunk_size, stride)
     print(json.dumps({"out_dir": report.out_dir, "written": report.written, "skipped": report.skipped,
                       "shards": [asdict(s) for s in report.shards]}, indent=1))
     return report

@@ -129,8 +129,9 @@ class LatentDataModule(ShardDataModule):
     ) -> None:
         if kind != "latent":
             raise ValueError(f"LatentDataModule reads latent shards (kind 'latent'), got kind {kind!r}")
+        # size=1: unused, cached latents keep the size they were encoded at
         super().__init__(train_shards, val_shards, kind="video", batch_size=batch_size, num_workers=num_workers,
-                         num_frames=num_frames or 0, size=0, shuffle_buffer=shuffle_buffer, seed=seed,
+                         num_frames=num_frames or 0, size=1, shuffle_buffer=shuffle_buffer, seed=seed,
                          filter=filter, val_samples=val_samples, **options)
         self.kind = "latent"
         self.num_frames = num_frames

@@ -32,12 +32,15 @@ import logging
 import tarfile
 from multiprocessing.context import get_spawning_popen
 from multiprocessing.sharedctypes import RawArray
+from collections.abc import Sequence
 from typing import Any, Iterator
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+
+from vldm.data.frames import FrameWindow, frame_size, resize_center_crop, to_tensor
 
 from vldm.data.tar_shards import iter_tar_samples, resolve_shards
 from vldm.data.video_io import VideoDecodeError, read_video
@@ -79,26 +82,6 @@ def _matches(meta: dict[str, Any], spec: dict[str, Any]) -> bool:
         elif value != want:
             return False
     return True
-
-
-def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """Resize ``(..., H, W, 3)`` uint8 frames so the short side is ``size``, then center-crop square."""
-    h, w = frames.shape[-3:-1]
-    if (h, w) == (size, size):
-        return frames
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    flat = frames.reshape(-1, h, w, 3)
-    out = np.stack([cv2.resize(f, (nw, nh), interpolation=interp) for f in flat])
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return out[:, top : top + size, left : left + size].reshape(*frames.shape[:-3], size, size, 3)
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
-    return x.movedim(-1, -3).contiguous()
 
 
 class SkipSample(Exception):
@@ -336,6 +319,7 @@ class ShardDataset(IterableDataset):
                     continue
                 floor = sample.pop("__floor__")
                 sample.pop("__shard__", None)
+                sample["__epoch__"] = epoch  # for per-epoch random choices in decode (frame windows)
                 try:
                     out = self.decode(sample, sample.pop("__meta__"))
                 except SkipSample as err:
@@ -359,15 +343,18 @@ class ShardDataset(IterableDataset):
 
 
 class VideoClipDataset(ShardDataset):
-    """Yields ``video`` float32 ``(T, 3, size, size)`` in [-1, 1], ``txt``, ``fps_id``,
-    ``motion_bucket_id`` and ``__key__`` from ``mp4`` + ``json`` samples (first ``num_frames``
-    frames of each clip; shorter or undecodable clips are skipped and counted)."""
+    """Yields ``video`` float32 ``(T, 3, H, W)`` in [-1, 1], ``txt``, ``fps_id``, ``motion_bucket_id``
+    and ``__key__`` from ``mp4`` + ``json`` samples. The ``T = num_frames`` frames are taken every
+    ``frame_stride`` source frames (an int, or a list to draw from per clip) from the first frame
+    or, with ``clip_start="random"``, a random one (:class:`vldm.data.frames.FrameWindow`); ``fps_id``
+    is the rate of the frames taken. ``size``: an int (square) or ``[height, width]``. Clips too
+    short for every stride, and undecodable ones, are skipped and counted."""
 
     def __init__(
         self,
         shards: str | list[str],
         num_frames: int,
-        size: int,
+        size: int | Sequence[int],
         shuffle_buffer: int = 0,
         seed: int = 0,
         repeat: bool = True,
@@ -375,10 +362,13 @@ class VideoClipDataset(ShardDataset):
         max_samples: int | None = None,
         shuffle_shards: bool = True,
         default_motion_bucket_id: int = 127,
+        frame_stride: int | Sequence[int] = 1,
+        clip_start: str = "first",
     ) -> None:
         super().__init__(shards, shuffle_buffer, seed, repeat, filter, max_samples, shuffle_shards)
-        self.num_frames = int(num_frames)
-        self.size = int(size)
+        self.window = FrameWindow.of(num_frames, frame_stride, clip_start)
+        self.num_frames = self.window.num_frames
+        self.size = frame_size(size)
         self.default_motion_bucket_id = default_motion_bucket_id
 
     def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -386,28 +376,32 @@ class VideoClipDataset(ShardDataset):
         if ext is None:
             raise SkipSample(f"no video member (has {sorted(k for k in sample if not k.startswith('__'))})")
         try:
-            frames, fps = read_video(sample[ext], max_frames=self.num_frames)
+            frames, fps = read_video(sample[ext], max_frames=self.window.frames_to_read)
         except VideoDecodeError as err:
             raise SkipSample(str(err)) from None
-        if len(frames) < self.num_frames:
-            raise SkipSample(f"only {len(frames)} frames, need {self.num_frames}")
-        fps = meta.get("fps", fps)
+        chosen = self.window.choose(len(frames), self.seed, sample.get("__epoch__", 0), sample.get("__key__", ""))
+        if chosen is None:
+            raise SkipSample(f"only {len(frames)} frames, need {self.window.shortest()} "
+                             f"({self.num_frames} at stride {min(self.window.strides)})")
+        start, stride = chosen
+        frames = frames[start : start + self.window.span(stride) : stride]
+        fps = float(meta.get("fps", fps))
         return {
-            "video": _to_tensor(resize_center_crop(frames, self.size)),
+            "video": to_tensor(resize_center_crop(frames, self.size)),
             "txt": str(meta.get("caption", "")),
-            "fps_id": max(int(round(float(fps))) - 1, 0),
+            "fps_id": max(int(round(fps / stride)) - 1, 0),
             "motion_bucket_id": int(meta.get("motion_bucket_id", self.default_motion_bucket_id)),
         }
 
 
 class ImageDataset(ShardDataset):
-    """Yields ``jpg`` float32 ``(3, size, size)`` in [-1, 1], ``txt`` and ``__key__`` from
-    ``png``/``jpg`` + ``json`` samples."""
+    """Yields ``jpg`` float32 ``(3, H, W)`` in [-1, 1], ``txt`` and ``__key__`` from ``png``/``jpg`` +
+    ``json`` samples; ``size`` an int (square) or ``[height, width]``."""
 
     def __init__(
         self,
         shards: str | list[str],
-        size: int,
+        size: int | Sequence[int],
         shuffle_buffer: int = 0,
         seed: int = 0,
         repeat: bool = True,
@@ -416,7 +410,7 @@ class ImageDataset(ShardDataset):
         shuffle_shards: bool = True,
     ) -> None:
         super().__init__(shards, shuffle_buffer, seed, repeat, filter, max_samples, shuffle_shards)
-        self.size = int(size)
+        self.size = frame_size(size)
 
     def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
@@ -426,4 +420,4 @@ class ImageDataset(ShardDataset):
         if image is None:
             raise SkipSample(f"cannot decode {ext} ({len(sample[ext])} bytes, starting {sample[ext][:16]!r})")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return {"jpg": _to_tensor(resize_center_crop(image, self.size)), "txt": str(meta.get("caption", ""))}
+        return {"jpg": to_tensor(resize_center_crop(image, self.size)), "txt": str(meta.get("caption", ""))}
