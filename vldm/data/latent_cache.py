@@ -273,6 +273,15 @@ def build_stage_module(overrides: list[str], config_dir: str | None = None):
     return cfg, build_module(cfg, Path(cfg.paths.output_dir))
 
 
+def task_device(device: str) -> str:
+    """``cuda`` means this task's GPU under srun or torchrun (``SLURM_LOCALID`` / ``LOCAL_RANK``), so that
+    eight tasks on a node use eight GPUs; anything else (``cpu``, ``cuda:3``) is kept."""
+    if device != "cuda":
+        return device
+    local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID"))
+    return "cuda" if local is None else f"cuda:{int(local)}"
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Other arguments are train.yaml overrides, e.g. stage=video paths.data_dir=...")
@@ -282,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--chunk-size", type=int, default=None, help="frames per encoder call (default: all)")
     p.add_argument("--store", default="posterior", choices=STORES)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype of the latents")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (this task's local GPU under srun/torchrun) or cuda:N")
     p.add_argument("--rank", type=int, default=int(os.environ.get("SLURM_PROCID", 0)))
     p.add_argument("--world", type=int, default=int(os.environ.get("SLURM_NTASKS", 1)))
     p.add_argument("--config-dir", default=None, help=argparse.SUPPRESS)
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> CacheReport:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args, overrides = parse_args(argv)
     cfg, module = build_stage_module(overrides, args.config_dir)
-    module.to(args.device)
+    module.to(task_device(args.device))
     out = Path(args.out or Path(cfg.paths.data_dir) / "latents" / "videos")
     shards = [s for split in args.splits.split(",") if cfg.data.get(f"{split}_shards")
               for s in resolve_shards(cfg.data[f"{split}_shards"])]
