@@ -48,3 +48,12 @@ def test_temporal_layers_use_it():
     block = ResBlock(32, 4, dims=3, kernel_size=(3, 1, 1))
     assert isinstance(block.in_layers[-1], TemporalConv3d) and block.in_layers[-1].time_only
     assert isinstance(TimeMixConv(4, 4).time_mix_conv, TemporalConv3d)
+
+
+def test_channels_last_input_gives_the_same_numbers() -> None:
+    """The autoencoder's channels-last frames reach the decoder's time_mix_conv as a channels-last-3d view."""
+    ref, ours = pair((3, 1, 1), (1, 0, 0))
+    frames = torch.randn(6, 6, 5, 3).contiguous(memory_format=torch.channels_last)  # (b t) c h w
+    x = frames.reshape(2, 3, 6, 5, 3).transpose(1, 2)  # b c t h w, channels innermost
+    assert x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    torch.testing.assert_close(ours(x), ref(x.contiguous()), rtol=1e-5, atol=1e-5)

@@ -4,8 +4,11 @@ The temporal convolutions of Video LDM / SVD (``time_stack`` resblocks, the deco
 ``time_mix_conv``) have kernels ``(k, 1, 1)``: every pixel is filtered along time on its own.
 Seen as ``(b, c, t, h * w)`` that is exactly a ``(k, 1)`` Conv2d with the same weights, which
 oneDNN runs 2.5-3.5x faster than PyTorch's CPU Conv3d fallback (``slow_conv3d``) forward and
-backward. The module keeps ``nn.Conv3d``'s parameters and state-dict keys, so checkpoints and
-``isinstance(m, nn.Conv3d)`` checks are unchanged; other kernels use the ordinary Conv3d.
+backward. Channels-last inputs (the autoencoder's layout on CPU, see
+:func:`vldm.nn.autoencoder_blocks.conv_layout`) keep Conv3d, which oneDNN runs channels-last as fast
+(the reshaped Conv2d would reorder them: 2.4x slower). The module keeps ``nn.Conv3d``'s parameters
+and state-dict keys, so checkpoints and ``isinstance(m, nn.Conv3d)`` checks are unchanged; other
+kernels use the ordinary Conv3d.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _channels_last_only(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 class TemporalConv3d(nn.Conv3d):
@@ -24,7 +31,7 @@ class TemporalConv3d(nn.Conv3d):
                 and tuple(self.padding[1:]) == (0, 0) and self.padding_mode == "zeros")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.time_only or x.dim() != 5:
+        if not self.time_only or x.dim() != 5 or _channels_last_only(x):
             return super().forward(x)
         b, _, t, h, w = x.shape
         y = F.conv2d(x.reshape(b, x.shape[1], t, h * w), self.weight.squeeze(-1), self.bias,
