@@ -322,3 +322,50 @@ def test_gradient_accumulation_steps_the_optimizer_and_the_ema_once_per_window(t
     assert len(set(record["rng"])) == 4  # every micro-batch draws its own noise
     ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert int(next(iter(ckpt["optimizer_states"][0]["state"].values()))["step"]) == 2
+
+
+@pytest.mark.slow
+def test_fsdp_through_lightning_trains_and_resumes_like_ddp(tmp_path: Path, toy_root: Path) -> None:
+    """``trainer=fsdp`` end to end on 2 CPU ranks (tests/cpu_fsdp.py): the frozen encoders stay out of
+    FSDP and gradients are clipped across shards; after 3 steps, and again after both runs resume to
+    step 5, the checkpoint's weights, EMA and optimizer state and the exported weights equal a DDP run's."""
+    from hydra.utils import instantiate
+    from safetensors.torch import load_file
+
+    common = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "stage.checkpoint_every=3",
+              "data.shuffle_buffer=0"]
+    strategies = {"fsdp": ["trainer=fsdp", "trainer.strategy._target_=tests.cpu_fsdp.CPUFSDPStrategy",
+                           "trainer.strategy.mixed_precision=null"],
+                  "ddp": ["trainer=ddp"]}
+
+    def run_dir(name: str) -> Path:
+        return tmp_path / name / "runs" / "smoke" / "video"
+
+    first: dict[str, torch.Tensor] = {}
+    for steps in (3, 5):
+        for name, extra in strategies.items():
+            proc = run_train(smoke_video_args(tmp_path / name, toy_root, *extra, *common, f"stage.max_steps={steps}"))
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            log = proc.stdout + proc.stderr
+            assert ("resuming from" in log) == (steps == 5)
+            if name == "fsdp":
+                assert "FSDP: 2 frozen part(s) replicated, not sharded" in log
+        f, d = (torch.load(run_dir(n) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+                for n in ("fsdp", "ddp"))
+        assert f["global_step"] == d["global_step"] == steps
+        assert set(f["state_dict"]) == set(d["state_dict"])  # clean names, EMA included, no FSDP prefixes
+        for key, value in d["state_dict"].items():
+            torch.testing.assert_close(f["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+        fo, do = f["optimizer_states"][0]["state"], d["optimizer_states"][0]["state"]
+        assert set(fo) == set(do) and len(do) > 100
+        for pid, state in do.items():
+            for name, value in state.items():
+                torch.testing.assert_close(fo[pid][name], value, rtol=1e-5, atol=1e-9, msg=f"{pid}.{name}")
+        fw, dw = load_file(run_dir("fsdp") / "model.safetensors"), load_file(run_dir("ddp") / "model.safetensors")
+        assert set(fw) == set(dw) and all(torch.allclose(fw[k], dw[k], rtol=1e-5, atol=1e-6) for k in dw)
+        if steps == 3:
+            first = f["state_dict"]
+            cfg = compose_train(smoke_video_args(tmp_path, toy_root))
+            instantiate(cfg.model.module, _convert_="object").load_state_dict(f["state_dict"], strict=True)
+    moved = [k for k, v in f["state_dict"].items() if k.startswith("model.") and not torch.equal(v, first[k])]
+    assert len(moved) > 100  # the resumed steps trained

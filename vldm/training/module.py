@@ -206,6 +206,19 @@ class DiffusionModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=self._batch_size(batch))
         return loss
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, except under FSDP: there each rank holds a shard of every gradient,
+        so the norm is FSDP's ``clip_grad_norm_`` over all shards (Lightning refuses to clip by norm)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.model if self._trainer is not None else None
+        if not gradient_clip_val or not isinstance(model, FullyShardedDataParallel):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"under FSDP gradients are clipped by norm only, not {gradient_clip_algorithm!r}")
+        model.clip_grad_norm_(gradient_clip_val)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the EMA update — before any checkpoint of this step is
         written (callbacks' ``on_train_batch_end`` run earlier than the module's)."""

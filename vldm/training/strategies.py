@@ -14,6 +14,11 @@ Every UNet in the module is wrapped, itself too: the EMA copy (``model_ema.shado
 same units with the same parameter order as the live network, so on every rank both hold
 shards of equal shape and :class:`~vldm.training.ema.EMA` updates shard by shard. The UNet unit
 holds the parameters outside the blocks (time and label embeddings, output head).
+
+The frozen parts — the first-stage autoencoder and a conditioner with no trainable weights (CLIP
+towers, the conditioning-frame encoder) — stay out of FSDP (:class:`DiffusionFSDPStrategy`):
+replicated on every rank as under DDP, with no optimizer state to shard. FSDP would refuse them
+anyway (OpenCLIP's ``logit_scale`` is a 0-d parameter, which FSDP cannot flatten).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from pytorch_lightning.strategies import FSDPStrategy
 from torch.distributed.fsdp import MixedPrecision
 from torch.distributed.fsdp.wrap import _Policy
 
@@ -105,3 +111,29 @@ def mixed_precision(param_dtype: str = "bfloat16", reduce_dtype: str = "float32"
             raise ValueError(f"not a torch dtype: {name!r}")
     return MixedPrecision(param_dtype=dtypes[param_dtype], reduce_dtype=dtypes[reduce_dtype],
                           buffer_dtype=dtypes[buffer_dtype])
+
+
+#: Attributes of a diffusion module that FSDP leaves alone when none of their weights train.
+FROZEN_PARTS = ("first_stage_model", "conditioner")
+
+
+def frozen_parts(module: nn.Module) -> list[nn.Module]:
+    """The module's :data:`FROZEN_PARTS` that have weights and none that train."""
+    parts = [getattr(module, name, None) for name in FROZEN_PARTS]
+    return [p for p in parts if isinstance(p, nn.Module) and any(True for _ in p.parameters())
+            and not any(q.requires_grad for q in p.parameters())]
+
+
+class DiffusionFSDPStrategy(FSDPStrategy):
+    """Lightning's ``FSDPStrategy`` with the module's frozen parts as FSDP ``ignored_modules``
+    (moved to the rank's device, replicated); what trains — the UNet, its EMA copy — is sharded."""
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        frozen = frozen_parts(model)
+        if frozen:
+            self.kwargs["ignored_modules"] = frozen
+            for part in frozen:
+                part.to(self.root_device)
+            log.info("FSDP: %d frozen part(s) replicated, not sharded: %s", len(frozen),
+                     ", ".join(type(p).__name__ for p in frozen))
+        return super()._setup_model(model)
