@@ -173,6 +173,19 @@ def test_folder_mode_unpaired_count_skips_paired_metrics(toy_root: Path, tmp_pat
     assert result["metrics"]["frpd"]["protocol"]["num_videos"] == 3
 
 
+def test_folder_mode_at_a_non_square_size(toy_root: Path, tmp_path: Path) -> None:
+    """SVD-shaped (wider than tall) protocols: reference clips cropped to [h, w], paired metrics computed."""
+    refs = load_reference_clips(f"{toy_root}/videos/val-*.tar", 4, 6, (16, 32))
+    assert refs.videos.shape[1:] == (6, 16, 32, 3) and refs.hw == (16, 32) and refs.resolution == [16, 32]
+    folder = write_folder(tmp_path / "wide", refs.videos)
+    result = evaluate(compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") +
+                                   [f"videos={folder}", "data.size=[16,32]"]))["results"][0]
+    assert result["metrics"]["psnr"]["value"] > 40 and result["metrics"]["psnr"]["protocol"]["resolution"] == [16, 32]
+    with pytest.raises(ValueError, match=r"000\.mp4 is 32x16 .*protocol resolution is 16x32"):
+        evaluate(compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") +
+                              [f"videos={folder}", "data.size=[32,16]"]))
+
+
 # --------------------------------------------------------------------------- clear messages
 def test_absent_weights_name_the_file_and_its_source(toy_root: Path, tmp_path: Path) -> None:
     base = base_overrides(toy_root, tmp_path / "out", tmp_path / "cache") + [f"videos={tmp_path}"]

@@ -15,12 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from vldm.data.frames import frame_size
+
 
 @dataclass
 class GenerationSettings:
     """How the evaluation videos are made.
 
-    ``num_frames``, ``size``: the clip length and (square) resolution, as the reference clips.
+    ``num_frames``, ``size``: the clip length and resolution (an int: square, or ``(height, width)``),
+    as the reference clips.
     ``fps`` / ``motion_bucket_id``: ``None`` takes each reference clip's. ``sampler``: overrides of
     the checkpoint's sampler preset (:class:`vldm.sampling.pipeline.SamplerConfig` fields).
     ``video_dir``: also write each video as ``<video_dir>/<index>_seed<seed>.mp4``. ``batch_size``:
@@ -28,7 +31,7 @@ class GenerationSettings:
     """
 
     num_frames: int
-    size: int
+    size: int | tuple[int, int]
     base_seed: int = 0
     mode: str = "i2v"
     fps: float | None = None
@@ -39,6 +42,9 @@ class GenerationSettings:
     device: str = "cpu"
     progress: bool = True
     batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        self.size = frame_size(self.size)
 
     def seed(self, index: int) -> int:
         return self.base_seed + index
@@ -79,13 +85,14 @@ def generate_videos(module: Any, clips: Any, settings: GenerationSettings, rank:
     from vldm.training.sample_writer import to_uint8
 
     _check_mode(module, settings.mode, what)
-    if clips.num_frames < 1 or clips.resolution != settings.size:
-        raise ValueError(f"reference clips are {clips.resolution}px, generation asks for {settings.size}px")
+    if clips.num_frames < 1 or clips.hw != settings.size:
+        raise ValueError(f"reference clips are {clips.hw[1]}x{clips.hw[0]}, generation asks for "
+                         f"{settings.size[1]}x{settings.size[0]}")
     cfg = sampler_config(module, settings.sampler)
     sampler = module.sampler(use_ema=False)  # loaded modules hold the exported (EMA) weights as the network
     indices = shard_indices(len(clips), rank, world)
     device = torch.device(settings.device)
-    out = np.zeros((len(indices), settings.num_frames, settings.size, settings.size, 3), np.uint8)
+    out = np.zeros((len(indices), settings.num_frames, *settings.size, 3), np.uint8)
     if settings.video_dir is not None:
         Path(settings.video_dir).mkdir(parents=True, exist_ok=True)
     batches = [list(range(j, min(j + max(1, settings.batch_size), len(indices))))

@@ -47,7 +47,8 @@ class EvalProtocol:
 
     ``metric``: e.g. ``"fvd"``; ``feature_net``: the feature network's name (``"i3d_torchscript"``,
     ``"rp256-s0"``, ``"none"`` for weight-free metrics); ``num_videos``: how many generated (or
-    reference) videos; ``num_frames``, ``resolution``, ``fps``: what each video was when scored;
+    reference) videos; ``num_frames``, ``resolution`` (an int: square, else ``[height, width]``), ``fps``:
+    what each video was when scored;
     ``seeds``: the sampling seeds, as text (e.g. ``"0-2047"``); ``extra``: anything else that
     changes the number (JSON-serialisable: dataset name, sampler steps, cfg scale, ...).
     """
@@ -56,7 +57,7 @@ class EvalProtocol:
     feature_net: str
     num_videos: int
     num_frames: int
-    resolution: int
+    resolution: int | list[int]
     fps: float
     seeds: str
     extra: dict[str, Any] = field(default_factory=dict)

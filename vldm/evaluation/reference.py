@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from vldm.data.frames import size_record
 from vldm.data.shards import VideoClipDataset
 
 
@@ -47,8 +48,13 @@ class ReferenceClips:
         return int(self.videos.shape[1])
 
     @property
-    def resolution(self) -> int:
-        return int(self.videos.shape[2])
+    def hw(self) -> tuple[int, int]:
+        return int(self.videos.shape[2]), int(self.videos.shape[3])
+
+    @property
+    def resolution(self) -> int | list[int]:
+        """As recorded in protocols: an int when square, else ``[height, width]``."""
+        return size_record(self.hw)
 
     @property
     def first_frames(self) -> np.ndarray:
@@ -70,7 +76,8 @@ def dataset_fingerprint(shards: list[str], num_videos: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def load_reference_clips(shards: str | list[str], num_videos: int, num_frames: int, size: int) -> ReferenceClips:
+def load_reference_clips(shards: str | list[str], num_videos: int, num_frames: int,
+                         size: int | tuple[int, int]) -> ReferenceClips:
     """The first ``num_videos`` decodable clips (see the module doc). Fewer available: all of them."""
     from vldm.training.sample_writer import to_uint8
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vldm.data.frames import frame_size, size_record
 from vldm.evaluation.protocol import EvalProtocol, count_warning
 
 LOWER_IS_BETTER = ("fvd", "fid", "frpd", "motion_w1", "flicker", "warping_error")
@@ -169,11 +170,11 @@ class ReferenceCache:
                  say: Callable[[str], None], rank: int, world: int) -> None:
         self.shards, self.num_videos, self.cache_dir, self.suite = shards, num_videos, cache_dir, suite
         self.say, self.rank, self.world = say, rank, world
-        self._clips: dict[tuple[int, int], Any] = {}
+        self._clips: dict[tuple[int, tuple[int, int]], Any] = {}
         self._stats: dict[tuple, Any] = {}
         self._motion: dict[tuple[int, int], np.ndarray] = {}
 
-    def clips(self, num_frames: int, size: int):
+    def clips(self, num_frames: int, size: tuple[int, int]):
         from vldm.evaluation.reference import load_reference_clips
 
         key = (num_frames, size)
@@ -194,7 +195,7 @@ class ReferenceCache:
     def stats(self, metric: str, net: Any, clips: Any):
         from vldm.evaluation.reference import reference_stats
 
-        key = (metric, clips.num_frames, clips.resolution)
+        key = (metric, clips.num_frames, clips.hw)
         if key not in self._stats:
             proto = self.protocol(metric, net, clips)
             fitted = replace(clips, videos=_fit_to(net, clips.videos))  # as the generated videos are fed
@@ -204,7 +205,7 @@ class ReferenceCache:
     def motion(self, clips: Any) -> np.ndarray:
         from vldm.evaluation.ranks import shard_indices
 
-        key = (clips.num_frames, clips.resolution)
+        key = (clips.num_frames, clips.hw)
         if key not in self._motion:
             mine = shard_indices(len(clips), self.rank, self.world)
             local = per_video_scores(MetricSuite(motion=self.suite.motion, fidelity=False, flicker=False,
@@ -229,12 +230,13 @@ def score(suite: MetricSuite, refs: ReferenceCache, clips: Any, indices: list[in
     order, per_video = gather_per_video(indices, per_video_scores(suite, videos, indices, clips, fps, paired))
     n = len(order)
     fps_all = float(np.mean(all_gather_object_list(list(fps))))
-    t, res = int(videos.shape[1]), int(videos.shape[2])
+    t, res = int(videos.shape[1]), size_record(videos.shape[2:4])
     metrics: dict[str, dict[str, Any]] = {}
 
-    def put(name: str, value: float, net_name: str, frames: int, resolution: int, std: float | None = None,
-            more: dict[str, Any] | None = None) -> None:
-        proto = EvalProtocol(name, net_name, n, int(frames), int(resolution), fps_all, seeds, {**extra, **(more or {})})
+    def put(name: str, value: float, net_name: str, frames: int, resolution: int | list[int],
+            std: float | None = None, more: dict[str, Any] | None = None) -> None:
+        proto = EvalProtocol(name, net_name, n, int(frames), size_record(resolution), fps_all, seeds,
+                             {**extra, **(more or {})})
         better = True if name in HIGHER_IS_BETTER else False if name in LOWER_IS_BETTER else None
         warning = count_warning("motion" if name.startswith("motion") else name, n)
         metrics[name] = {"value": float(value), "std": None if std is None else float(std),
@@ -290,7 +292,7 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
     start = time.perf_counter()
     module, train_cfg = load_checkpoint(ref, device)
     num_frames = int(cfg.data.num_frames or train_cfg.data.num_frames)
-    size = int(cfg.data.size or train_cfg.data.size)
+    size = frame_size(cfg.data.size or train_cfg.data.size)
     check_frames(suite, num_frames)
     clips = refs.clips(num_frames, size)
     video_dir = Path(cfg.out_dir) / _slug(ref.name) / "videos" if cfg.save_videos else None
@@ -312,7 +314,7 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
     metrics, per_video = score(suite, refs, clips, indices, videos, fps, True, settings.seeds_text(len(clips)), extra)
     return {"name": ref.name, "stage": ref.stage, "step": ref.step, "cumulative_step": ref.cumulative_step,
             "kind": ref.kind, "inflated": ref.inflated, "weights": str(ref.weights_path), "run_dir": str(ref.run_dir),
-            "num_videos": len(clips), "num_frames": num_frames, "resolution": size,
+            "num_videos": len(clips), "num_frames": num_frames, "resolution": size_record(size),
             "seeds": settings.seeds_text(len(clips)),
             "metrics": metrics, "per_video": per_video, "skipped": dict(suite.skipped),
             "seconds": {"generate": round(generated - start, 2), "score": round(time.perf_counter() - generated, 2)}}
@@ -327,7 +329,7 @@ def _slug(name: str) -> str:
 
 
 def read_folder(folder: str | Path, num_frames: int | None,
-                size: int | None) -> tuple[list[Path], np.ndarray, list[float]]:
+                size: int | Any | None) -> tuple[list[Path], np.ndarray, list[float]]:
     """The folder's mp4s (sorted by name) as uint8 ``(n, t, h, w, 3)``, their first ``num_frames``
     frames, and their fps. Mismatched resolution or too few frames: ValueError naming the file."""
     from vldm.data.video_io import read_video
@@ -338,13 +340,14 @@ def read_folder(folder: str | Path, num_frames: int | None,
     decoded = [(p, *read_video(p)) for p in files]
     want_t = num_frames or min(len(frames) for _, frames, _ in decoded)
     first = decoded[0][1]
-    want = size or first.shape[1]
+    want = frame_size(size) if size else tuple(first.shape[1:3])
     out, fps = [], []
     for path, frames, rate in decoded:
         h, w = frames.shape[1:3]
-        if (h, w) != (want, want):
-            raise ValueError(f"resolution mismatch: {path} is {w}x{h} but the protocol resolution is {want}x{want} "
-                             f"(data.size{'' if size else ', from the first video'}); generate at {want}x{want} or "
+        if (h, w) != want:
+            shown = f"{want[1]}x{want[0]}"
+            raise ValueError(f"resolution mismatch: {path} is {w}x{h} but the protocol resolution is {shown} "
+                             f"(data.size{'' if size else ', from the first video'}); generate at {shown} or "
                              f"set data.size to the videos' size (the reference clips are resized to it)")
         if len(frames) < want_t:
             raise ValueError(f"{path} has {len(frames)} frames, the protocol takes {want_t} (data.num_frames)")
@@ -362,7 +365,7 @@ def evaluate_folder(cfg: DictConfig, suite: MetricSuite, refs: ReferenceCache, r
     start = time.perf_counter()
     files, videos, fps = read_folder(cfg.videos, cfg.data.num_frames, cfg.data.size)
     check_frames(suite, videos.shape[1])
-    clips = refs.clips(int(videos.shape[1]), int(videos.shape[2]))
+    clips = refs.clips(int(videos.shape[1]), (int(videos.shape[2]), int(videos.shape[3])))
     paired = len(files) == len(clips)
     skipped = dict(suite.skipped)
     if not paired:
@@ -376,7 +379,7 @@ def evaluate_folder(cfg: DictConfig, suite: MetricSuite, refs: ReferenceCache, r
                                "unknown (folder of videos)", {"videos": str(cfg.videos)})
     return {"name": Path(cfg.videos).name, "stage": "folder", "step": None, "cumulative_step": None, "kind": "folder",
             "inflated": False, "weights": None, "run_dir": str(cfg.videos), "num_videos": len(files),
-            "num_frames": int(videos.shape[1]), "resolution": int(videos.shape[2]),
+            "num_frames": int(videos.shape[1]), "resolution": size_record(videos.shape[2:4]),
             "files": [p.name for p in files], "metrics": metrics, "per_video": per_video, "skipped": skipped,
             "seconds": {"score": round(time.perf_counter() - start, 2)}}
 
