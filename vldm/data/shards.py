@@ -30,9 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
+from collections.abc import Sequence
 from multiprocessing.context import get_spawning_popen
 from multiprocessing.sharedctypes import RawArray
-from collections.abc import Sequence
 from typing import Any, Iterator
 
 import cv2
@@ -41,7 +41,6 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vldm.data.frames import FrameWindow, frame_size, resize_center_crop, to_tensor
-
 from vldm.data.tar_shards import iter_tar_samples, resolve_shards
 from vldm.data.video_io import VideoDecodeError, read_video
 
