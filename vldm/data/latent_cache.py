@@ -312,8 +312,7 @@ def main(argv: list[str] | None = None) -> CacheReport:
     if cfg.data.get("clip_start", "first") != "first":
         log.warning("data.clip_start=%s: the cache holds each clip's first window (random windows are not cached)",
                     cfg.data.clip_start)
-    size = list(cfg.data.size) if not isinstance(cfg.data.size, int) else cfg.data.size
-    report = cache_latents(module, shards, out, cfg.data.num_frames, size, args.batch_size, args.store,
+    report = cache_latents(module, shards, out, cfg.data.num_frames, cfg.data.size, args.batch_size, args.store,
                            args.dtype, args.rank, args.world, args.chunk_size, stride)
     print(json.dumps({"out_dir": report.out_dir, "written": report.written, "skipped": report.skipped,
                       "shards": [asdict(s) for s in report.shards]}, indent=1))

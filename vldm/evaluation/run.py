@@ -14,7 +14,7 @@ configured but absent file is an error naming the file and where it is published
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -329,7 +329,7 @@ def _slug(name: str) -> str:
 
 
 def read_folder(folder: str | Path, num_frames: int | None,
-                size: int | Any | None) -> tuple[list[Path], np.ndarray, list[float]]:
+                size: int | Sequence[int] | None) -> tuple[list[Path], np.ndarray, list[float]]:
     """The folder's mp4s (sorted by name) as uint8 ``(n, t, h, w, 3)``, their first ``num_frames``
     frames, and their fps. Mismatched resolution or too few frames: ValueError naming the file."""
     from vldm.data.video_io import read_video
