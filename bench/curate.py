@@ -72,7 +72,7 @@ def _render_one(job: tuple[int, dict[str, Any], float, str]) -> dict[str, Any]:
     import cv2
 
     from data_curation.synthetic import RawToyConfig, generate_raw_video
-    from vldm.data.video_io import encode_mp4
+    from vldm.io.video_io import encode_mp4
 
     cv2.setNumThreads(1)
     index, cfg_dict, grain, root = job
@@ -147,7 +147,7 @@ def measure_video(path: Path, source: str, settings: dict[str, Any], cuts_cfg: A
     from data_curation.records import Clip, clip_id, video_id
     from data_curation.scoring import _thumb
     from data_curation.shard_writer import _resize_even
-    from vldm.data.video_io import encode_mp4
+    from vldm.io.video_io import encode_mp4
 
     times: dict[str, float] = {}
     info, times["probe"] = _timed(probe_video, path)

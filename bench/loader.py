@@ -3,7 +3,7 @@
 What latent caching saves off the GPU: the loader's work. One loader process reads the same clips
 from mp4 shards (:class:`vldm.data.shards.VideoClipDataset`: decode, take ``--frames`` frames every
 ``--stride``, resize to cover ``--size``, centre-crop, to float) and from latent shards in the format
-:mod:`vldm.data.latent_cache` writes (:class:`vldm.data.latent_dataset.LatentClipDataset`: the SD
+:mod:`vldm.jobs.latent_cache` writes (:class:`vldm.data.latent_dataset.LatentClipDataset`: the SD
 autoencoder's 4 x h/8 x w/8 posterior mean and log-variance per frame, the first frame as uint8, a
 1024-d CLIP image embedding). The latent values are random — reading cost depends on bytes, not
 values, and encoding real latents at 576x1024 on a CPU takes minutes per clip. Source clips:
@@ -59,8 +59,8 @@ def write_shards(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``root/mp4/train-000000.tar`` and ``root/latent/train-000000.tar`` with the same clip keys."""
     from safetensors.torch import save
 
-    from vldm.data.tar_shards import add_tar_member
-    from vldm.data.video_io import encode_mp4
+    from vldm.io.tar_shards import add_tar_member
+    from vldm.io.video_io import encode_mp4
 
     height, width = args.size
     lh, lw = height // 8, width // 8

@@ -1,6 +1,6 @@
 """What latent caching can save: FLOPs of one video-stage training step on mp4 frames vs on cached latents.
 
-Caching (:mod:`vldm.data.latent_cache`) removes two things from a step: the data loader's video
+Caching (:mod:`vldm.jobs.latent_cache`) removes two things from a step: the data loader's video
 decoding (CPU, in the loader) and the model's frozen encoders — the first-stage encoder on every
 frame and the embedders of fixed inputs (the CLIP image tower on the clean first frame). The UNet's
 forward and backward, the optimizer and the EMA stay. So the most caching can speed up a
@@ -9,7 +9,7 @@ compute-bound step is ``FLOPs(video step) / FLOPs(latent step)``; this script co
 the toy video stage and for SVD at its training size, next to what each removed part costs.
 
 The step counted is ``DiffusionModule.diffusion_loss`` + backward — the code training runs — on a video
-batch and on the batch the cache gives for the same clips (:func:`vldm.data.latent_cache.encode_batch`).
+batch and on the batch the cache gives for the same clips (:func:`vldm.jobs.latent_cache.encode_batch`).
 Only matrix products, convolutions and attention are counted (elementwise work is not), as
 ``FlopCounterMode`` does; activation checkpointing recomputes forwards, and those count too.
 
@@ -67,7 +67,7 @@ def build_on_meta(model: str, overrides: tuple[str, ...] = ()) -> nn.Module:
 
 def step_batches(module: nn.Module, batch: int, frames: int, size: tuple[int, int]) -> tuple[dict, dict]:
     """A video batch and the cached-latent batch the cache holds for it, on ``meta``."""
-    from vldm.data.latent_cache import encode_batch
+    from vldm.jobs.latent_cache import encode_batch
 
     ids = {"fps_id": torch.full((batch,), 6.0, device="meta"),
            "motion_bucket_id": torch.full((batch,), 127.0, device="meta"), "txt": ["a clip"] * batch}
@@ -86,7 +86,7 @@ def count(fn) -> int:
 def caching_flops(module: nn.Module, batch: int, frames: int, size: tuple[int, int]) -> dict[str, Any]:
     """FLOPs of the step on video and on cached latents, of the parts caching removes, and the
     ceiling ``video / latent`` on the speed-up of a compute-bound step."""
-    from vldm.data.latent_cache import cached_embedders
+    from vldm.data.latent_dataset import cached_embedders
 
     video, latent = step_batches(module, batch, frames, size)
 

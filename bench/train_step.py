@@ -10,7 +10,7 @@ noise, sigmas, CLIP token, concat latent, fps / motion / cond_aug ids), with the
 8 clips x 6 frames at 32 px) — a step being: next batch from the data loader, ``diffusion_loss``,
 backward, AdamW, EMA update — reading mp4 shards (decode, CLIP, autoencoder every step) vs reading the
 latent cache of the same clips (``configs/data/toy_videos_latent.yaml``) made by
-:mod:`vldm.data.latent_cache` with the same module. Printed beside it: the FLOP ceiling of that
+:mod:`vldm.jobs.latent_cache` with the same module. Printed beside it: the FLOP ceiling of that
 speed-up (:mod:`bench.step_flops`: caching removes the encoders, never the UNet's work).
 
 Timing: the cases of a part are built in one process and run in turn, ``--rounds`` rounds of
@@ -203,8 +203,8 @@ def latent_cases(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Cal
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from vldm.data.latent_cache import cache_latents
-    from vldm.data.toy import write_toy_dataset
+    from vldm.jobs.latent_cache import cache_latents
+    from vldm.jobs.toy_data import write_toy_dataset
 
     device = torch.device(args.device)
     start = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 
 from data_curation.records import CurationError
 from data_curation.work_dir import atomic_write_json, read_json
-from vldm.data.tar_shards import add_tar_member
+from vldm.io.tar_shards import add_tar_member
 
 SHARD_PATTERN = "clips-{:06d}.tar"
 
@@ -130,7 +130,7 @@ def _resize_even(frames: np.ndarray, short_side: int | None) -> np.ndarray:
 def render_clip(clip: ShardClip, output: OutputConfig) -> tuple[bytes, dict[str, Any]]:
     """Decode one clip at the output size, resample and encode it; returns mp4 bytes and its json."""
     from data_curation.decode import decode_span
-    from vldm.data.video_io import encode_mp4
+    from vldm.io.video_io import encode_mp4
 
     frames = decode_span(clip.path, clip.start, clip.end, output.short_side)
     frames = _resize_even(np.asarray(frames), output.short_side)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from vldm.data.toy import ToyVideoConfig, generate_clip
-from vldm.data.video_io import encode_mp4
+from vldm.io.video_io import encode_mp4
 
 SCENE_KINDS: tuple[str, ...] = ("clean", "static", "text")
 

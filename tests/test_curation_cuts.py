@@ -19,7 +19,7 @@ from data_curation.decode import decode_video
 from data_curation.records import ClipSpan
 from data_curation.synthetic import RawToyConfig, load_truth, write_raw_toy_videos
 from vldm.data.toy import ToyVideoConfig, generate_clip
-from vldm.data.video_io import encode_mp4, read_video
+from vldm.io.video_io import encode_mp4, read_video
 
 TOLERANCE = 2  # frames
 

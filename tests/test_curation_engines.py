@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_curation.engines import LocalEngine, RayEngine, WorkerDied, make_engine, resolve_workers
-from vldm.data.video_io import read_video
+from vldm.io.video_io import read_video
 
 CRASH = 3
 

@@ -30,7 +30,7 @@ def compose_curate(overrides: list[str]) -> Any:
 
 def tar_samples(shard_dir: Path) -> dict[str, dict[str, Any]]:
     """``{shard name: {key: {ext: bytes}}}`` of every shard, failing on a key seen twice."""
-    from vldm.data.tar_shards import iter_tar_samples
+    from vldm.io.tar_shards import iter_tar_samples
 
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(shard_dir.glob("*.tar")):
@@ -62,7 +62,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (root / "in" / "readme.md").write_text("not a video\n")
     (root / "in" / ".hidden.mp4").write_bytes(b"ignored")
     (root / "in" / "lost.mp4").symlink_to(root / "nowhere.mp4")  # dangling link
-    from vldm.data.video_io import write_mp4
+    from vldm.io.video_io import write_mp4
 
     write_mp4(root / "in" / "short.mp4", np.full((6, 64, 64, 3), 90, np.uint8), fps=8)  # 0.75 s: prefiltered
     (root / "in" / "sub").mkdir()
@@ -120,7 +120,7 @@ def test_clip_rows_are_consistent(run: dict[str, Any]) -> None:
 
 
 def test_each_kept_clip_is_in_the_shards_exactly_once(run: dict[str, Any]) -> None:
-    from vldm.data.video_io import read_video
+    from vldm.io.video_io import read_video
 
     clips = {r["clip_id"]: r for r in run["rows"] if r["row_type"] == "clip"}
     kept = {cid for cid, r in clips.items() if r["kept"]}
@@ -194,7 +194,7 @@ def test_output_settings_and_scorer_errors(tmp_path: Path) -> None:
     curate(cfg, notify=lambda line: None)
     samples = [s for shard in tar_samples(tmp_path / "out" / "shards").values() for s in shard.values()]
     assert samples
-    from vldm.data.video_io import read_video
+    from vldm.io.video_io import read_video
 
     for sample in samples:
         meta = json.loads(sample["json"])

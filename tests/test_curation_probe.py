@@ -14,7 +14,7 @@ import pytest
 from data_curation.decode import decode_span, decode_video, target_size
 from data_curation.probe import PREFILTER_NAMES, PrefilterConfig, prefilter, probe_video
 from data_curation.records import CurationError, VideoInfo
-from vldm.data.video_io import write_mp4
+from vldm.io.video_io import write_mp4
 
 
 def _frames(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,7 @@ from data_curation.scorers import (
     sample_indices,
 )
 from vldm.data.toy import ToyVideoConfig, generate_clip
-from vldm.evaluation.motion import FlowProtocol, mean_flow_magnitude
+from vldm.video.motion import FlowProtocol, mean_flow_magnitude
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
                                             "head_width": 16},
@@ -70,7 +70,7 @@ def test_motion_separates_static_from_moving_toy_clips(size: int, method: str) -
 
 def test_motion_separates_after_h264_round_trip(tmp_path: Path) -> None:
     """The pipeline scores decoded frames: compression noise must not make static clips move."""
-    from vldm.data.video_io import encode_mp4, read_video
+    from vldm.io.video_io import encode_mp4, read_video
 
     scorer = MotionScorer()
     scores: dict[str, list[float]] = {}

@@ -18,7 +18,7 @@ from data_curation.synthetic import (
     truth_path,
     write_raw_toy_videos,
 )
-from vldm.data.video_io import read_video
+from vldm.io.video_io import read_video
 
 
 def _check_truth(frames: np.ndarray, truth: dict, cfg: RawToyConfig) -> None:

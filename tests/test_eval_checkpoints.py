@@ -130,7 +130,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
 @pytest.mark.slow
 def test_step_checkpoint_gives_the_exported_ema_weights(chain: Path) -> None:
     """A Lightning checkpoint of the final step, read as the export does, equals model.safetensors exactly."""
-    from vldm.checkpoints.safe_load import load_state_dict_file
+    from vldm.io.safe_load import load_state_dict_file
 
     for stage in ("image", "video", "hq"):
         refs = resolve_checkpoints(chain / stage, every="all")

@@ -19,7 +19,7 @@ from hydra.errors import ConfigCompositionException
 
 from tests.conftest import CONFIG_DIR
 from tests.test_eval_checkpoints import smoke_chain
-from vldm.data.video_io import write_mp4
+from vldm.io.video_io import write_mp4
 from vldm.evaluation import feature_nets
 from vldm.evaluation.reference import load_reference_clips
 from vldm.evaluation.run import evaluate

@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 
 from vldm.evaluation.frechet import FeatureStats, frechet_from_stats
-from vldm.evaluation.motion import FlowProtocol, flow_field, mean_flow_magnitude
+from vldm.video.motion import FlowProtocol, flow_field, mean_flow_magnitude
 from vldm.evaluation.random_features import RandomProjectionFeatures, pcg64_gaussian
 from vldm.evaluation.temporal import (conditioning_fidelity, curation_sample_indices, flicker, motion_distance,
                                       motion_scores, warping_error, wasserstein_1d)

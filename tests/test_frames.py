@@ -13,7 +13,7 @@ import webdataset as wds
 from vldm.data.datamodule import ShardDataModule
 from vldm.data.frames import FrameWindow, frame_size, resize_center_crop, size_record
 from vldm.data.shards import VideoClipDataset
-from vldm.data.video_io import encode_mp4
+from vldm.io.video_io import encode_mp4
 
 FPS = 24.0
 

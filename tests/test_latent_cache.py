@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
-from vldm.data.latent_cache import build_stage_module, cache_latents, fingerprint, main
+from vldm.jobs.latent_cache import build_stage_module, cache_latents, fingerprint, main
 from vldm.data.latent_dataset import MANIFEST, LatentClipDataset
 from vldm.data.shards import VideoClipDataset
-from vldm.data.tar_shards import iter_tar_samples
+from vldm.io.tar_shards import iter_tar_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(cached: Path
 
 def test_interrupted_cache_job_resumes_without_duplicates(toy_root: Path, tmp_path: Path, module,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import vldm.data.latent_cache as lc
+    import vldm.jobs.latent_cache as lc
 
     shards = sorted(str(p) for p in (toy_root / "videos").glob("train-*.tar"))
     original, calls = lc.encode_clips, {"n": 0}
@@ -166,7 +166,7 @@ def test_killed_cache_process_resumes_without_duplicates(toy_root: Path, tmp_pat
     out = tmp_path / "latents"
     script = (
         "import sys, time\n"
-        "import vldm.data.latent_cache as lc\n"
+        "import vldm.jobs.latent_cache as lc\n"
         "original = lc.encode_clips\n"
         "def slow(*a, **k):\n"
         "    time.sleep(0.4)\n"
@@ -221,7 +221,7 @@ def test_a_stage_trains_and_validates_on_the_latent_config(cached: Path, toy_roo
 
 def test_cache_takes_one_strided_window_and_records_it(tmp_path: Path, module) -> None:
     from tests.test_frames import counting_shard
-    from vldm.data.latent_cache import encode_batch
+    from vldm.jobs.latent_cache import encode_batch
     from vldm.data.latent_dataset import decode_latent_sample
 
     shard = counting_shard(tmp_path / "train-000000.tar", {"a": 12, "b": 9})
@@ -241,7 +241,7 @@ def test_cache_takes_one_strided_window_and_records_it(tmp_path: Path, module) -
 
 
 def test_cuda_means_the_task_local_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vldm.data.latent_cache import task_device
+    from vldm.jobs.latent_cache import task_device
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("SLURM_LOCALID", raising=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vldm.evaluation.fidelity import psnr, ssim
-from vldm.evaluation.motion import FlowProtocol, flow_field, flow_warp, mean_flow_magnitude
+from vldm.video.motion import FlowProtocol, flow_field, flow_warp, mean_flow_magnitude
 
 FULL_RES = FlowProtocol(short_side=None)
 

@@ -19,8 +19,8 @@ from torch import nn
 
 from tests.conftest import compose_train
 from vldm.checkpoints.official import load_pretrained
-from vldm.checkpoints.safe_load import CheckpointError
-from vldm.checkpoints.safetensors_stream import header_bytes, tensor_bytes, write_safetensors
+from vldm.io.safe_load import CheckpointError
+from vldm.io.safetensors_stream import header_bytes, tensor_bytes, write_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_loads_straight_onto_the_gpu(video_file) -> None:
 
 
 def test_identify_other_formats() -> None:
-    from vldm.checkpoints.identify import identify
+    from vldm.io.identify import identify
 
     assert "diffusers-format" in str(identify({"down_blocks.0.resnets.0.conv1.weight": (4, 4, 3, 3)}))
     assert "OpenCLIP model file" in str(identify({"visual.proj": (4, 4), "transformer.resblocks.0.ln_1.weight": (4,)}))

@@ -78,7 +78,7 @@ def test_guidance_one_skips_the_unconditional_pass(video_run: Path, monkeypatch:
 
 @pytest.mark.slow
 def test_sample_py_writes_mp4_gif_and_json(video_run: Path, toy_root: Path, tmp_path: Path) -> None:
-    from vldm.data.video_io import read_video
+    from vldm.io.video_io import read_video
     from vldm.sampling.run import sample_videos
 
     cfg = sample_cfg(checkpoint=video_run / "video", image=toy_root / "first_frames", output_dir=tmp_path,
@@ -140,7 +140,7 @@ def test_images_of_any_mode_and_size_are_brought_to_the_model_resolution(tmp_pat
 @pytest.mark.slow
 def test_sample_py_with_a_model_config_and_a_weights_file(video_run: Path, toy_root: Path, tmp_path: Path) -> None:
     """The official-checkpoint path (``model=... checkpoint=FILE``): lean strict load, resize=keep, frames out."""
-    from vldm.checkpoints.safe_load import CheckpointError
+    from vldm.io.safe_load import CheckpointError
     from vldm.sampling.run import sample_videos
 
     weights = video_run / "video" / "model.safetensors"

@@ -15,7 +15,7 @@ from tests.conftest import compose_train
 from tests.test_official_loading import builder, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_video_cfg
 from vldm.checkpoints.ldm_layout import SCHEDULE_BUFFERS, ldm_schedule, to_ldm_key
 from vldm.checkpoints.official import load_pretrained
-from vldm.checkpoints.safe_load import CheckpointError
+from vldm.io.safe_load import CheckpointError
 from vldm.diffusion.denoiser import DiscreteDenoiser, VScaling
 from vldm.diffusion.discretization import ddpm_sigmas
 from vldm.sampling.load import load_model_file

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 from vldm.data.datamodule import ShardDataModule
 from vldm.data.shards import ImageDataset, VideoClipDataset
-from vldm.data.tar_shards import resolve_shards
+from vldm.io.tar_shards import resolve_shards
 from vldm.data.toy import ToyVideoConfig, generate_clip
-from vldm.data.video_io import encode_mp4
+from vldm.io.video_io import encode_mp4
 
 KINDS = ["clean", "static", "clean", "text", "clean", "cut"]
 
@@ -104,7 +104,7 @@ def test_skips_in_worker_processes_reach_the_parent(tmp_path: Path) -> None:
 def test_missing_or_empty_shards_raise_helpful_error(tmp_path: Path, make: str) -> None:
     (tmp_path / "empty").mkdir()
     spec = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "glob": tmp_path / "empty" / "train-*.tar"}[make]
-    with pytest.raises(FileNotFoundError, match=r"python -m vldm.data.toy --root data/toy") as info:
+    with pytest.raises(FileNotFoundError, match=r"python -m vldm.jobs.toy_data --root data/toy") as info:
         VideoClipDataset(str(spec), num_frames=8, size=32)
     assert str(spec) in str(info.value)
 
@@ -237,7 +237,7 @@ def test_datamodule_images_without_val_and_missing_data(tmp_path: Path) -> None:
     assert batches[0]["jpg"].shape == (2, 3, 16, 16) and len(batches[0]["txt"]) == 2
     assert dm.val_dataloader() == [] and dm.num_skipped >= 1
     missing = ShardDataModule(train_shards=str(tmp_path / "nothing"), kind="video", batch_size=2)
-    with pytest.raises(FileNotFoundError, match="vldm.data.toy"):
+    with pytest.raises(FileNotFoundError, match="vldm.jobs.toy_data"):
         missing.setup("fit")
 
 

@@ -15,9 +15,10 @@ from tests.conftest import compose_train
 from tests.test_official_loading import builder, randomize, save_state, tiny_sd21_cfg
 from vldm.checkpoints.export import export_safetensors
 from vldm.checkpoints.official import load_pretrained
-from vldm.checkpoints.safe_load import CheckpointError
-from vldm.checkpoints.svd_export import SVD_PREFIXES, export_svd, load_exported, main
-from vldm.checkpoints.tensor_source import TensorSource
+from vldm.io.safe_load import CheckpointError
+from vldm.checkpoints.svd_export import SVD_PREFIXES, export_svd, load_exported
+from vldm.jobs.export import main
+from vldm.io.tensor_source import TensorSource
 from vldm.sampling.load import load_trained
 
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from tests.conftest import compose_train
-from vldm.checkpoints.safe_load import CheckpointError, load_state_dict_file, load_strict
+from vldm.io.safe_load import CheckpointError, load_state_dict_file, load_strict
 from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs
 from vldm.conditioning.open_clip_towers import OpenCLIPImageEmbedder, antialiased_resize, build_clip, causal_mask
 from vldm.nn.autoencoder import AutoencoderKL

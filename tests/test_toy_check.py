@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vldm.data.toy import generate_clip
-from vldm.evaluation.toy_check import score_clips
+from vldm.jobs.toy_check import score_clips
 
 
 def clips(kind: str, seeds=range(4)) -> np.ndarray:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vldm.data.toy import BACKGROUNDS, COLOURS, ToyVideoConfig, generate_clip, main, write_toy_dataset
+from vldm.data.toy import BACKGROUNDS, COLOURS, ToyVideoConfig, generate_clip
+from vldm.jobs.toy_data import main, write_toy_dataset
 
 
 def weighted_centroid(frame: np.ndarray) -> np.ndarray:
@@ -134,7 +135,7 @@ def test_write_toy_dataset_counts_and_idempotence(tmp_path: Path) -> None:
     assert len(images) == 116 and all(v["png"][:4] == b"\x89PNG" for v in images.values())
 
     # a clip in the shard decodes to exactly what the generator makes (up to compression)
-    from vldm.data.video_io import read_video
+    from vldm.io.video_io import read_video
 
     meta = metas[0]
     frames, fps = read_video(next(iter(samples.values()))["mp4"])

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from tests.conftest import compose_train
-from vldm.checkpoints.safe_load import CheckpointError, load_state_dict_file
+from vldm.io.safe_load import CheckpointError, load_state_dict_file
 from vldm.training.run import TrainingDiverged, train_stage
 
 STAGES = ["autoencoder", "image", "video", "hq"]
@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_missing_data_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="python -m vldm.data.toy"):
+    with pytest.raises(FileNotFoundError, match="python -m vldm.jobs.toy_data"):
         train_stage(smoke(tmp_path, tmp_path / "nowhere", "image"))
     (tmp_path / "empty" / "images").mkdir(parents=True)
     with pytest.raises(FileNotFoundError):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vldm.data.video_io import VideoDecodeError, encode_mp4, read_video, write_gif, write_mp4
+from vldm.io.video_io import VideoDecodeError, encode_mp4, read_video, write_gif, write_mp4
 
 
 def smooth_clip(t: int = 8, h: int = 32, w: int = 48) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_mp4_round_trip_bytes_and_file(tmp_path: Path) -> None:
 
 
 def test_pyav_fallback_matches_decord() -> None:
-    from vldm.data.video_io import _read_pyav
+    from vldm.io.video_io import _read_pyav
 
     data = encode_mp4(smooth_clip(), fps=8)
     frames, fps = _read_pyav(data, None)

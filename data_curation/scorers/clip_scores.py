@@ -7,7 +7,7 @@ both. The aesthetic score follows the LAION aesthetic predictor (v1, "linear"): 
 
 Weights are local files only (nothing is ever downloaded): the OpenCLIP state dict (e.g.
 ``open_clip_pytorch_model.bin``) is loaded strictly by :func:`vldm.conditioning.open_clip_towers.
-build_clip`, the head by :func:`vldm.checkpoints.safe_load.load_state_dict_file` (safetensors or
+build_clip`, the head by :func:`vldm.io.safe_load.load_state_dict_file` (safetensors or
 ``torch.load(weights_only=True)``). Accepted head layouts, strict: ``{"weight": (1, D), "bias":
 (1,)}`` (a saved ``nn.Linear``, as LAION's ``sa_0_4_vit_l_14_linear.pth``) or ``{"0.weight",
 "0.bias"}`` (the same layer inside an ``nn.Sequential``). The LAION linear heads were fit on OpenAI
@@ -43,7 +43,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def load_linear_head(path: str | Path, embed_dim: int) -> tuple[Any, Any]:
     """``(weight (1, D), bias (1,))`` float32 tensors of a linear aesthetic head file (layouts in the module doc)."""
-    from vldm.checkpoints.safe_load import load_state_dict_file
+    from vldm.io.safe_load import load_state_dict_file
 
     state = load_state_dict_file(path)
     for prefix in ("", "0."):

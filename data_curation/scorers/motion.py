@@ -2,7 +2,7 @@
 
 Stable Video Diffusion (Blattmann et al., 2023, Sec. 3.1 and App. E.2) annotates every clip with
 dense optical flow computed at 2 fps and removes clips whose average flow magnitude is low ("static
-scenes"). Here the score is exactly the one the evaluation uses, :func:`vldm.evaluation.motion.
+scenes"). Here the score is exactly the one the evaluation uses, :func:`vldm.video.motion.
 mean_flow_magnitude`: mean per-pixel flow magnitude on grayscale frames resized to ``short_side``,
 divided by that short side, averaged over the sampled steps. It reads as "fraction of the frame
 short side moved per sampled step" (per 0.5 s at ``sample_fps=2``), independent of resolution.
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from data_curation.records import Clip, Score
-from vldm.evaluation.motion import FLOW_METHODS, FlowProtocol, mean_flow_magnitude
+from vldm.video.motion import FLOW_METHODS, FlowProtocol, mean_flow_magnitude
 
 
 def sample_indices(num_frames: int, fps: float, sample_fps: float) -> list[int]:

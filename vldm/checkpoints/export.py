@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vldm.checkpoints.safe_load import save_safetensors
+from vldm.io.safe_load import save_safetensors
 
 
 def export_state(module: nn.Module, use_ema: bool = True) -> dict[str, torch.Tensor]:

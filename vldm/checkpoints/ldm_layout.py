@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from vldm.checkpoints.safe_load import CheckpointError
+from vldm.io.safe_load import CheckpointError
 
 LDM_TEXT = "cond_stage_model."
 SGM_TEXT = "conditioner.embedders.0."

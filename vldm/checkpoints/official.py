@@ -1,7 +1,7 @@
 """Load a released checkpoint (SVD family, SD 2.1) or any SGM-layout file into a model, lean and strict.
 
 The model is built as a skeleton (:func:`~vldm.checkpoints.meta_init.parameters_on_meta`), the
-file is read one tensor at a time (:class:`~vldm.checkpoints.tensor_source.TensorSource`), each
+file is read one tensor at a time (:class:`~vldm.io.tensor_source.TensorSource`), each
 tensor is cast to the asked dtype and placed on the asked device as it is read, and the module
 takes the tensors by ``load_state_dict(strict=True, assign=True)``. With fp16 asked for, no full
 fp32 copy of the model ever exists on the host: the peak is the fp16 model plus one fp32 tensor
@@ -9,7 +9,7 @@ fp32 copy of the model ever exists on the host: the peak is the fp16 model plus 
 
 Strict: before reading any tensor, the file's key set and shapes must equal the model's (after the
 layout's renaming). A mismatch raises :class:`CheckpointError` naming the keys, and says which known
-model the file holds and which config loads it (:func:`vldm.checkpoints.identify.identify`).
+model the file holds and which config loads it (:func:`vldm.io.identify.identify`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vldm.checkpoints.identify import identify, missing_file_message
+from vldm.io.identify import identify, missing_file_message
 from vldm.checkpoints.ldm_layout import EMA_SCALARS, SCHEDULE_BUFFERS, split_ldm_keys, to_ldm_key, verify_schedule
 from vldm.checkpoints.meta_init import meta_tensors, move_buffers, parameters_on_meta
-from vldm.checkpoints.safe_load import CheckpointError, key_mismatch
-from vldm.checkpoints.tensor_source import TensorSource
+from vldm.io.safe_load import CheckpointError, key_mismatch
+from vldm.io.tensor_source import TensorSource
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from vldm.checkpoints.identify import missing_file_message
+from vldm.io.identify import missing_file_message
 from vldm.checkpoints.official import Companion
 from vldm.conditioning.open_clip_towers import OpenCLIPTextEmbedder
 

@@ -11,12 +11,11 @@ does not hold, casts, and streams the tensors one at a time into the new file. B
 sgm-style inference yaml (targets ``sgm.models.diffusion.DiffusionEngine`` etc., the structure of
 sgm's ``configs/inference/svd_image_decoder.yaml`` / ``svd.yaml``) with the model's own sizes.
 
-    python -m vldm.checkpoints.svd_export RUN_DIR OUT.safetensors [--dtype fp16|bf16|fp32]
+    python -m vldm.jobs.export RUN_DIR OUT.safetensors [--dtype fp16|bf16|fp32]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass
@@ -27,9 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vldm.checkpoints.meta_init import parameters_on_meta
-from vldm.checkpoints.safe_load import CheckpointError, key_mismatch
-from vldm.checkpoints.safetensors_stream import write_safetensors
-from vldm.checkpoints.tensor_source import TensorSource
+from vldm.io.safe_load import CheckpointError, key_mismatch
+from vldm.io.safetensors_stream import write_safetensors
+from vldm.io.tensor_source import TensorSource
 
 log = logging.getLogger(__name__)
 
@@ -256,20 +255,3 @@ def sgm_inference_yaml(cfg: DictConfig, skeleton: Any, scale: float, out: Path) 
               f"'softmax' / 'vanilla' (same weights as the -xformers variants); CLIP 'version: null' because the\n"
               f"# checkpoint holds the tower's weights (nothing is downloaded).\n{note}")
     return header + OmegaConf.to_yaml(OmegaConf.create(sgm_config(cfg, skeleton, scale, arch)))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vldm.checkpoints.svd_export", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", help="a video / hq stage's run directory (config.yaml + model.safetensors)")
-    parser.add_argument("out", help="the .safetensors file to write (its .yaml goes beside it)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight dtype (releases: fp16)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[vldm] %(message)s")
-    result = export_svd(args.run_dir, args.out, DTYPES[args.dtype])
-    print(f"[vldm] wrote {result.weights} ({result.num_tensors} tensors, {result.num_parameters / 1e6:.1f} M "
-          f"parameters, scale_factor {result.scale_factor:.5f}) and {result.config}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from vldm.data.frames import FrameWindow, frame_size
 from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset
-from vldm.data.tar_shards import resolve_shards
+from vldm.io.tar_shards import resolve_shards
 
 ShardSpec = str | list[str]
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 CLIP_STARTS = ("first", "random")
 
@@ -51,12 +50,6 @@ def resize_center_crop(frames: np.ndarray, size: int | Sequence[int]) -> np.ndar
     out = np.stack([cv2.resize(f, (nw, nh), interpolation=interp) for f in flat])
     top, left = (nh - th) // 2, (nw - tw) // 2
     return out[:, top : top + th, left : left + tw].reshape(*frames.shape[:-3], th, tw, 3)
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
-    return x.movedim(-1, -3).contiguous()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Reads latent shards written by :mod:`vldm.data.latent_cache` (stages 2 and 3 without the encoders).
+"""Reads latent shards written by :mod:`vldm.jobs.latent_cache` (stages 2 and 3 without the encoders).
 
 A latent sample is ``<key>.safetensors`` + ``<key>.json`` in a tar shard. The safetensors member
 holds ``latents`` (the autoencoder posterior mean of every frame, unscaled, ``(T, c, h, w)``),
@@ -16,22 +16,50 @@ and the counting of corrupt samples and truncated shards are :class:`~vldm.data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vldm.data.datamodule import ShardDataModule
 from vldm.data.shards import ShardDataset, SkipSample
-from vldm.data.tar_shards import resolve_shards
+from vldm.io.tar_shards import resolve_shards
+from vldm.video.pixels import from_uint8
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "latent_cache.json"
 LATENT_MEMBER = "safetensors"
 CACHED_PREFIX = "cached."
+#: Conditioning inputs that are fixed per clip, so their embedders' outputs can be cached.
+STATIC_INPUTS = ("cond_frames_without_noise", "txt")
+
+
+def cached_embedders(conditioner: nn.Module) -> list[int]:
+    """Indices of the conditioner's embedders whose input is fixed per clip (see ``STATIC_INPUTS``)."""
+    return [i for i, key in enumerate(conditioner.input_keys) if key in STATIC_INPUTS]
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A hash of the weights that produce cached values: the first stage and the cached embedders.
+
+    Latents encoded by one autoencoder are meaningless to a UNet trained in another's latent space;
+    :class:`~vldm.training.module.DiffusionModule` compares this against the cache's manifest.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    parts: list[tuple[str, nn.Module]] = [("first_stage_model", module.first_stage_model)]
+    parts += [(f"embedder.{i}.{module.conditioner.input_keys[i]}", module.conditioner.embedders[i])
+              for i in cached_embedders(module.conditioner)]
+    for prefix, part in parts:
+        for name, tensor in sorted(part.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def decode_latent_sample(data: bytes) -> dict[str, torch.Tensor]:
@@ -42,11 +70,6 @@ def decode_latent_sample(data: bytes) -> dict[str, torch.Tensor]:
         return load(data)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError (and others)
         raise ValueError(f"bad safetensors member ({type(err).__name__}: {err})") from None
-
-
-def frame_to_float(frame: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(..., 3, H, W)`` -> float32 in [-1, 1], bit for bit what the video pipeline computes."""
-    return frame.float().div_(127.5).sub_(1.0)
 
 
 class LatentClipDataset(ShardDataset):
@@ -88,7 +111,7 @@ class LatentClipDataset(ShardDataset):
         out: dict[str, Any] = {"latents": latents[:t].float()}
         if "latents_logvar" in tensors:
             out["latents_logvar"] = tensors["latents_logvar"][:t].float()
-        out["cond_frame"] = frame_to_float(tensors["cond_frame"])
+        out["cond_frame"] = from_uint8(tensors["cond_frame"])
         out.update({k: v.float() for k, v in tensors.items() if k.startswith(CACHED_PREFIX)})
         out.update(txt=str(meta.get("caption", "")), fps_id=int(meta["fps_id"]),
                    motion_bucket_id=int(meta["motion_bucket_id"]))

@@ -40,9 +40,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vldm.data.frames import FrameWindow, frame_size, resize_center_crop, to_tensor
-from vldm.data.tar_shards import iter_tar_samples, resolve_shards
-from vldm.data.video_io import VideoDecodeError, read_video
+from vldm.data.frames import FrameWindow, frame_size, resize_center_crop
+from vldm.video.pixels import frames_to_tensor
+from vldm.io.tar_shards import iter_tar_samples, resolve_shards
+from vldm.io.video_io import VideoDecodeError, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -386,7 +387,7 @@ class VideoClipDataset(ShardDataset):
         frames = frames[start : start + self.window.span(stride) : stride]
         fps = float(meta.get("fps", fps))
         return {
-            "video": to_tensor(resize_center_crop(frames, self.size)),
+            "video": frames_to_tensor(resize_center_crop(frames, self.size)),
             "txt": str(meta.get("caption", "")),
             "fps_id": max(int(round(fps / stride)) - 1, 0),
             "motion_bucket_id": int(meta.get("motion_bucket_id", self.default_motion_bucket_id)),
@@ -419,4 +420,4 @@ class ImageDataset(ShardDataset):
         if image is None:
             raise SkipSample(f"cannot decode {ext} ({len(sample[ext])} bytes, starting {sample[ext][:16]!r})")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return {"jpg": to_tensor(resize_center_crop(image, self.size)), "txt": str(meta.get("caption", ""))}
+        return {"jpg": frames_to_tensor(resize_center_crop(image, self.size)), "txt": str(meta.get("caption", ""))}

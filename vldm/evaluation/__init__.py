@@ -5,7 +5,7 @@ Entry point: ``python -m vldm.evaluation checkpoints=runs/demo data.shards=...``
 Submodules (import them directly; this package imports nothing heavy):
 
 - :mod:`vldm.evaluation.fidelity` -- per-frame PSNR and SSIM (Wang et al., 2004).
-- :mod:`vldm.evaluation.motion` -- optical-flow motion score (Blattmann et al., 2023),
+- :mod:`vldm.video.motion` -- optical-flow motion score (Blattmann et al., 2023),
   shared with data curation.
 - :mod:`vldm.evaluation.frechet` -- Fréchet distance and mergeable feature statistics (FID / FVD).
 - :mod:`vldm.evaluation.feature_nets` -- I3D (FVD, StyleGAN-V protocol) and Inception (FID) TorchScript
@@ -21,5 +21,5 @@ Submodules (import them directly; this package imports nothing heavy):
 - :mod:`vldm.evaluation.ranks` -- torch.distributed sharding, gathering and reduction.
 - :mod:`vldm.evaluation.outputs` -- ``metrics.json``, ``metrics.csv``, plots, wandb.
 - :mod:`vldm.evaluation.run` -- the evaluation run tying these together.
-- :mod:`vldm.evaluation.toy_check` -- a quick "does the toy run learn?" check.
+- :mod:`vldm.jobs.toy_check` -- a quick "does the toy run learn?" check.
 """

@@ -216,7 +216,7 @@ def ema_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def checkpoint_state(ref: CheckpointRef) -> dict[str, torch.Tensor]:
     """The weights of ``ref`` in the export layout (EMA weights for Lightning checkpoints)."""
-    from vldm.checkpoints.safe_load import load_state_dict_file
+    from vldm.io.safe_load import load_state_dict_file
 
     state = load_state_dict_file(ref.weights_path)
     return ema_weights(state) if ref.weights_path.suffix == ".ckpt" else state
@@ -242,7 +242,7 @@ def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):
     :func:`vldm.training.init_from.inflate_into` — what training's ``init_from`` (``inflate``) does,
     from the weights in memory (EMA weights of a step checkpoint included).
     """
-    from vldm.checkpoints.safe_load import load_state_dict_file, load_strict
+    from vldm.io.safe_load import load_state_dict_file, load_strict
     from vldm.training.init_from import inflate_into
 
     state = checkpoint_state(ref)

@@ -81,7 +81,7 @@ def check_videos(x: np.ndarray, net: FeatureNet) -> None:
                          f"got shape {x.shape}{hint}")
     if x.dtype != np.uint8:
         raise ValueError(f"{net.name} expects uint8 pixels 0..255, got {x.dtype} "
-                         "(convert with vldm.training.sample_writer.to_uint8 or (x + 1) * 127.5 rounded)")
+                         "(convert with vldm.video.pixels.tensor_to_frames or (x + 1) * 127.5 rounded)")
     if x.shape[0] == 0:
         raise ValueError(f"{net.name}: no videos given")
     if net.accepts_any_size:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vldm.data.frames import frame_size
+from vldm.video.pixels import frames_to_tensor
 
 
 @dataclass
@@ -82,7 +83,7 @@ def generate_videos(module: Any, clips: Any, settings: GenerationSettings, rank:
     from tqdm import tqdm
 
     from vldm.evaluation.ranks import shard_indices
-    from vldm.training.sample_writer import to_uint8
+    from vldm.video.pixels import tensor_to_frames
 
     _check_mode(module, settings.mode, what)
     if clips.num_frames < 1 or clips.hw != settings.size:
@@ -100,7 +101,7 @@ def generate_videos(module: Any, clips: Any, settings: GenerationSettings, rank:
     bar = tqdm(batches, desc=f"generate {what}", disable=not settings.progress or rank != 0, leave=False)
     for rows in bar:
         chosen = [indices[j] for j in rows]
-        image = torch.from_numpy(clips.videos[chosen, 0]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        image = frames_to_tensor(clips.videos[chosen, 0])
         fps = [settings.fps if settings.fps is not None else clips.fps[i] for i in chosen]
         buckets = [settings.motion_bucket_id if settings.motion_bucket_id is not None else clips.motion_bucket_ids[i]
                    for i in chosen]
@@ -109,9 +110,9 @@ def generate_videos(module: Any, clips: Any, settings: GenerationSettings, rank:
                                        motion_bucket_id=torch.tensor([int(b) for b in buckets]),
                                        cond_aug=settings.cond_aug, cfg=cfg, seed=[settings.seed(i) for i in chosen])
         for k, (j, i) in enumerate(zip(rows, chosen)):
-            out[j] = to_uint8(video[k])
+            out[j] = tensor_to_frames(video[k])
             if settings.video_dir is not None:
-                from vldm.data.video_io import write_mp4
+                from vldm.io.video_io import write_mp4
 
                 write_mp4(Path(settings.video_dir) / f"{i:05d}_seed{settings.seed(i)}.mp4", out[j], fps=float(fps[k]))
     return indices, out

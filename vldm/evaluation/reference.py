@@ -79,7 +79,7 @@ def dataset_fingerprint(shards: list[str], num_videos: int) -> str:
 def load_reference_clips(shards: str | list[str], num_videos: int, num_frames: int,
                          size: int | tuple[int, int]) -> ReferenceClips:
     """The first ``num_videos`` decodable clips (see the module doc). Fewer available: all of them."""
-    from vldm.training.sample_writer import to_uint8
+    from vldm.video.pixels import tensor_to_frames
 
     if num_videos < 1:
         raise ValueError(f"num_videos must be at least 1, got {num_videos}")
@@ -94,7 +94,7 @@ def load_reference_clips(shards: str | list[str], num_videos: int, num_frames: i
                                 f"({dataset.num_skipped} skipped)")
     import torch
 
-    videos = to_uint8(torch.stack([c["video"] for c in clips]))
+    videos = tensor_to_frames(torch.stack([c["video"] for c in clips]))
     return ReferenceClips(
         videos=videos, captions=[c["txt"] for c in clips], fps=[float(c["__meta__"].get("fps", c["fps_id"] + 1)) for c in clips],
         motion_bucket_ids=[int(c["motion_bucket_id"]) for c in clips], keys=[c["__key__"] for c in clips],

@@ -53,7 +53,7 @@ class MetricSuite:
 def build_metrics(cfg: DictConfig, device: str, say: Callable[[str], None] = print) -> MetricSuite:
     """Networks for the configured metrics. A weights path that is set but absent raises
     FileNotFoundError (naming the file and its published source); an unset one skips the metric."""
-    from vldm.evaluation.motion import FlowProtocol
+    from vldm.video.motion import FlowProtocol
 
     m = cfg.metrics
     suite = MetricSuite(fidelity=bool(m.fidelity), flicker=bool(m.flicker), warping=bool(m.warping))
@@ -332,7 +332,7 @@ def read_folder(folder: str | Path, num_frames: int | None,
                 size: int | Sequence[int] | None) -> tuple[list[Path], np.ndarray, list[float]]:
     """The folder's mp4s (sorted by name) as uint8 ``(n, t, h, w, 3)``, their first ``num_frames``
     frames, and their fps. Mismatched resolution or too few frames: ValueError naming the file."""
-    from vldm.data.video_io import read_video
+    from vldm.io.video_io import read_video
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".mp4", ".webm", ".mov", ".mkv"))
     if not files:

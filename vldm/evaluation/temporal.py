@@ -7,7 +7,7 @@ of them); averaging and protocol bookkeeping are the caller's.
   conditioning image (:mod:`vldm.evaluation.fidelity`).
 - :func:`motion_scores`: data curation's motion score (SVD, Blattmann et al., 2023): frames
   sampled at 2 fps exactly as ``data_curation.scorers.motion.sample_indices``, then
-  :func:`vldm.evaluation.motion.mean_flow_magnitude` with the curation default flow protocol
+  :func:`vldm.video.motion.mean_flow_magnitude` with the curation default flow protocol
   (DIS, short side 32) -- the same numbers as ``MotionScorer`` (a test checks it).
 - :func:`motion_distance`: generated vs reference motion-score distributions.
 - :func:`flicker`: temporal high-frequency energy of low-passed luminance (see its doc).
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from vldm.evaluation.fidelity import psnr, ssim
-from vldm.evaluation.motion import FlowProtocol, flow_field, flow_warp, mean_flow_magnitude
+from vldm.video.motion import FlowProtocol, flow_field, flow_warp, mean_flow_magnitude
 
 PSNR_CAP_DB = 100.0          # identical images: +inf is stored as this (JSON has no inf)
 CURATION_SAMPLE_FPS = 2.0    # data_curation's MotionScorer default

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vldm.checkpoints.safe_load import load_state_dict_file, load_strict
+from vldm.io.safe_load import load_state_dict_file, load_strict
 from vldm.training.module import DiffusionModule
 
 MODEL_CONFIGS = "svd, svd_xt, svd_xt_1_1, svd_image_decoder, svd_xt_image_decoder, sd21"

@@ -116,9 +116,9 @@ def conditioning_image(path: Path, settings: VideoSettings, resize: str) -> tupl
 
 def sample_videos(cfg: DictConfig) -> list[Path]:
     """Generate one clip per input image; returns the mp4 paths."""
-    from vldm.data.video_io import write_gif, write_mp4
+    from vldm.io.video_io import write_gif, write_mp4
     from vldm.sampling.lean import lean_sampler
-    from vldm.training.sample_writer import to_uint8
+    from vldm.video.pixels import tensor_to_frames
 
     images = list_images(cfg.image)[: cfg.limit]  # fail on a missing image before loading gigabytes
     device = resolve_device(cfg.device)
@@ -144,7 +144,7 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
         seconds = time.perf_counter() - start
         log.info("clip %d/%d: %.1f s, measured peak memory %s", i + 1, len(images), seconds,
                  format_bytes(sampler.peak_memory))
-        frames = to_uint8(video[0])
+        frames = tensor_to_frames(video[0])
         stem = out_dir / f"{path.stem}_seed{seed}"
         write_mp4(stem.with_suffix(".mp4"), frames, fps=settings.fps)
         write_gif(stem.with_suffix(".gif"), frames, fps=settings.fps)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vldm.checkpoints.safe_load import CheckpointError, load_state_dict_file, load_strict
+from vldm.io.safe_load import CheckpointError, load_state_dict_file, load_strict
 from vldm.nn.inflate import load_image_weights
 from vldm.training.module import DiffusionModule
 

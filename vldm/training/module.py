@@ -9,7 +9,7 @@ attribute names give checkpoints the SGM layout: ``model.diffusion_model.*``,
 Training loss (Karras et al., 2022): ``lambda(sigma) ||D(z + sigma n; sigma) - z||^2`` with one
 ``sigma`` per video (all frames share it), ``z`` the scaled autoencoder latent.
 
-Batches are pixels (``video`` or ``jpg``) or pre-encoded clips from :mod:`vldm.data.latent_cache`
+Batches are pixels (``video`` or ``jpg``) or pre-encoded clips from :mod:`vldm.jobs.latent_cache`
 (``latents`` [+ ``latents_logvar``], ``cond_frame``, ``cached.<i>``): then the first-stage encoder and
 the cached embedders are skipped, and the random draws happen in the same order, so a cached batch
 gives the loss of its video batch for the same generator.
@@ -192,11 +192,11 @@ class DiffusionModule(pl.LightningModule):
         """Refuse latents cached with other weights than this module's first stage / embedders."""
         expected = getattr(getattr(self.trainer, "datamodule", None), "cache_fingerprint", None)
         if expected:
-            from vldm.data.latent_cache import fingerprint
+            from vldm.data.latent_dataset import fingerprint
 
             if fingerprint(self) != expected:
                 raise ValueError("the latent cache was made with another autoencoder or conditioner than this "
-                                 "stage's; re-run `python -m vldm.data.latent_cache` with this stage's config "
+                                 "stage's; re-run `python -m vldm.jobs.latent_cache` with this stage's config "
                                  "(or set data.check_fingerprint=false)")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

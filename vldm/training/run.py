@@ -29,7 +29,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from vldm.checkpoints.export import export_safetensors
-from vldm.checkpoints.safe_load import save_safetensors
+from vldm.io.safe_load import save_safetensors
 from vldm.training.data_state import DataPosition, StepSeed
 
 log = logging.getLogger(__name__)

@@ -7,11 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """``(..., 3, h, w)`` in [-1, 1] -> ``(..., h, w, 3)`` uint8."""
-    x = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1).numpy()
+from vldm.video.pixels import tensor_to_frames
 
 
 def tile_rows(samples: torch.Tensor, references: torch.Tensor) -> np.ndarray:
@@ -20,11 +16,11 @@ def tile_rows(samples: torch.Tensor, references: torch.Tensor) -> np.ndarray:
     refs = references[:, :t] if references.shape[1] >= t else references[:, :1].expand(-1, t, -1, -1, -1)
     rows = torch.cat([refs.to(samples), samples], dim=-1)  # side by side
     grid = torch.cat(list(rows), dim=-2)  # stacked vertically
-    return to_uint8(grid)
+    return tensor_to_frames(grid)
 
 
 def write_sample_grid(path: str | Path, samples: torch.Tensor, references: torch.Tensor, fps: int = 8) -> Path:
-    from vldm.data.video_io import write_mp4
+    from vldm.io.video_io import write_mp4
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

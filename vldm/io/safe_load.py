@@ -25,7 +25,7 @@ def load_state_dict_file(path: str | Path, prefix: str | None = None) -> dict[st
     """
     path = Path(path)
     if not path.is_file():
-        from vldm.checkpoints.identify import missing_file_message
+        from vldm.io.identify import missing_file_message
 
         raise FileNotFoundError(missing_file_message(str(path)))
     try:

@@ -10,7 +10,7 @@ resident set until the file is closed, so loading a 1.07 GB fp32 file as fp16 th
 
 ``.ckpt`` / ``.pt`` / ``.bin``: ``torch.load(weights_only=True, mmap=True)`` (never unpickling
 code); a Lightning / LDM checkpoint's ``state_dict`` entry is used. Unreadable files raise
-:class:`~vldm.checkpoints.safe_load.CheckpointError` naming the file.
+:class:`~vldm.io.safe_load.CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import torch
 
-from vldm.checkpoints.safe_load import CheckpointError
+from vldm.io.safe_load import CheckpointError
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
@@ -41,7 +41,7 @@ class TensorSource:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            from vldm.checkpoints.identify import missing_file_message
+            from vldm.io.identify import missing_file_message
 
             raise FileNotFoundError(missing_file_message(str(self.path)))
         self._file: BinaryIO | None = None

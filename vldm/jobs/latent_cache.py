@@ -22,13 +22,12 @@ rerunning resumes at the first shard not yet written and never duplicates a clip
 reader skips (undecodable, too short) are counted. ``latent_cache.json`` records the settings and
 a fingerprint of the weights used; training refuses latents of other weights.
 
-    python -m vldm.data.latent_cache stage=video experiment=toy paths.data_dir=data/toy
+    python -m vldm.jobs.latent_cache stage=video experiment=toy paths.data_dir=data/toy
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -43,39 +42,15 @@ import torch
 from torch import nn
 
 from vldm.data.frames import size_record
-from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST
+from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST, cached_embedders, fingerprint
 from vldm.data.shards import VideoClipDataset
-from vldm.data.tar_shards import add_tar_member, resolve_shards
+from vldm.io.tar_shards import add_tar_member, resolve_shards
+from vldm.video.pixels import to_uint8
 
 log = logging.getLogger(__name__)
 
-#: Conditioning inputs that are fixed per clip (cacheable), and how to get them from a clip.
-STATIC_INPUTS = ("cond_frames_without_noise", "txt")
 STORES = ("posterior", "mode")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def cached_embedders(conditioner: nn.Module) -> list[int]:
-    """Indices of the conditioner's embedders whose input is fixed per clip (see ``STATIC_INPUTS``)."""
-    return [i for i, key in enumerate(conditioner.input_keys) if key in STATIC_INPUTS]
-
-
-def fingerprint(module: nn.Module) -> str:
-    """A hash of the weights that produce cached values: the first stage and the cached embedders.
-
-    Latents encoded by one autoencoder are meaningless to a UNet trained in another's latent space;
-    :class:`~vldm.training.module.DiffusionModule` compares this against the cache's manifest.
-    """
-    h = hashlib.blake2b(digest_size=16)
-    parts: list[tuple[str, nn.Module]] = [("first_stage_model", module.first_stage_model)]
-    parts += [(f"embedder.{i}.{module.conditioner.input_keys[i]}", module.conditioner.embedders[i])
-              for i in cached_embedders(module.conditioner)]
-    for prefix, part in parts:
-        for name, tensor in sorted(part.state_dict().items()):
-            t = tensor.detach().to("cpu").contiguous()
-            h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class _ClipsWithMeta(VideoClipDataset):
@@ -121,11 +96,6 @@ def _batches(clips: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[s
         yield batch
 
 
-def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """Inverse of the reader's ``u / 127.5 - 1`` (exact for values that came from uint8)."""
-    return (frames + 1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
 @torch.no_grad()
 def encode_batch(module: nn.Module, video: torch.Tensor, txt: Sequence[str],
                  chunk_size: int | None = None) -> dict[str, torch.Tensor]:
@@ -152,7 +122,7 @@ def encode_clips(module: nn.Module, clips: list[dict[str, Any]], store: str = "p
     batch = encode_batch(module, video, [c["txt"] for c in clips], chunk_size)
     out = []
     for j in range(video.shape[0]):
-        tensors = {"latents": batch["latents"][j].to(dtype), "cond_frame": _to_uint8(batch["cond_frame"][j].float())}
+        tensors = {"latents": batch["latents"][j].to(dtype), "cond_frame": to_uint8(batch["cond_frame"][j])}
         if store == "posterior":
             tensors["latents_logvar"] = batch["latents_logvar"][j].to(dtype)
         tensors.update({k: v[j].float() for k, v in batch.items() if k.startswith(CACHED_PREFIX)})

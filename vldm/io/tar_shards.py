@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-MAKE_TOY_HINT = "make toy data with `python -m vldm.data.toy --root data/toy`"
+MAKE_TOY_HINT = "make toy data with `python -m vldm.jobs.toy_data --root data/toy`"
 
 
 def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -2,9 +2,9 @@
 
 - conditioning fidelity: PSNR of generated frame 0 against the conditioning image;
 - motion: mean optical-flow magnitude of the generated clips relative to the real clips of
-  the same first frames, measured with the same protocol (:mod:`vldm.evaluation.motion`).
+  the same first frames, measured with the same protocol (:mod:`vldm.video.motion`).
 
-``python -m vldm.evaluation.toy_check --checkpoint runs/demo/hq --data data/toy``
+``python -m vldm.jobs.toy_check --checkpoint runs/demo/hq --data data/toy``
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vldm.evaluation.fidelity import psnr
-from vldm.evaluation.motion import FlowProtocol, mean_flow_magnitude
+from vldm.video.motion import FlowProtocol, mean_flow_magnitude
 
 PSNR_TARGET_DB = 20.0
 MOTION_TARGET_RATIO = 0.3
@@ -51,7 +51,7 @@ def score_clips(generated: np.ndarray, real: np.ndarray, protocol: FlowProtocol 
 def run_toy_check(checkpoint: str | Path, data_dir: str | Path, num_clips: int = 16, seed: int = 0) -> ToyScores:
     from vldm.data.shards import VideoClipDataset
     from vldm.sampling.load import load_trained
-    from vldm.training.sample_writer import to_uint8
+    from vldm.video.pixels import tensor_to_frames
 
     module, cfg = load_trained(checkpoint)
     dataset = VideoClipDataset(str(Path(data_dir) / "videos" / "val-*.tar"), num_frames=cfg.data.num_frames,
@@ -64,7 +64,7 @@ def run_toy_check(checkpoint: str | Path, data_dir: str | Path, num_clips: int =
     video = sampler.image_to_video(real[:, 0], real.shape[1], fps_id=torch.tensor([c["fps_id"] for c in clips]),
                                    motion_bucket_id=torch.tensor([c["motion_bucket_id"] for c in clips]),
                                    cond_aug=0.02, cfg=module.sampler_cfg, seed=seed)
-    return score_clips(to_uint8(video), to_uint8(real))
+    return score_clips(tensor_to_frames(video), tensor_to_frames(real))
 
 
 def main(argv: list[str] | None = None) -> ToyScores:

@@ -1,4 +1,4 @@
-"""Print where a staged run put its outputs: ``python -m vldm.demo_summary runs/demo [--curated data/curated]``."""
+"""Print where a staged run put its outputs: ``python -m vldm.jobs.demo_summary runs/demo [--curated data/curated]``."""
 
 from __future__ import annotations
 
