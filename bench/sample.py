@@ -126,14 +126,15 @@ def pil_to_tensor(pil) -> torch.Tensor:
 
 def prepare_vldm(module, setting: str, device: torch.device, dtype: torch.dtype, args: argparse.Namespace,
                  spec: dict) -> tuple[Callable[[int], Any], dict]:
-    from vldm.sampling.pipeline import SamplerConfig
+    from vldm.diffusion.sampler_config import SamplerConfig
+    from vldm.sampling.pipeline import LatentDiffusionSampler
 
     module = module.to(dtype=dtype)
     cfg = SamplerConfig(num_steps=spec["steps"], sigma_max=700.0, min_guidance=GUIDANCE[0], max_guidance=GUIDANCE[1],
                         decode_chunk_size=1 if (setting == "lean" and args.no_plan) else None)
     detail: dict = {"planner": not args.no_plan}
     if args.no_plan:
-        sampler = module.to(device).sampler(use_ema=False)
+        sampler = LatentDiffusionSampler.from_model(module.to(device))
     else:
         from vldm.sampling.lean import lean_sampler
 

@@ -39,29 +39,27 @@ if str(ROOT) not in sys.path:
 CASES: dict[str, tuple[str, int, int, tuple[int, int], tuple[str, ...]]] = {
     "toy": ("toy_video", 8, 6, (32, 32), ()),
     "svd": ("svd", 1, 14, (576, 1024), ()),
-    "svd_no_ckpt": ("svd", 1, 14, (576, 1024), ("model.module.network.gradient_checkpointing=false",)),
+    "svd_no_ckpt": ("svd", 1, 14, (576, 1024), ("model.diffusion.network.gradient_checkpointing=false",)),
     "svd_256x384": ("svd", 1, 14, (256, 384), ()),
 }
 
 
 def build_on_meta(model: str, overrides: tuple[str, ...] = ()) -> nn.Module:
-    """The stage's ``DiffusionModule`` with parameters and non-scalar buffers on ``meta`` (scalar
-    buffers such as ``scale_factor`` stay real: the step reads their values), in training mode."""
+    """The stage's ``DiffusionModule`` on ``meta``, in training mode; scalar buffers (the latent scale)
+    are real ones, since the step reads their values."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from vldm.checkpoints.meta_init import parameters_on_meta
+    from vldm.checkpoints.load import build_model
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", "stage=video", "stage.init_from=null", *overrides])
-    with parameters_on_meta():
-        module = instantiate(cfg.model.module, _convert_="object")
+    with torch.device("meta"):
+        module = instantiate(cfg.model.module, model=build_model(cfg.model), _convert_="object")
     for sub in module.modules():
         for name, buf in sub._buffers.items():
-            if buf is not None and buf.dim() > 0:
-                sub._buffers[name] = buf.to("meta")
-    if float(module.scale_factor) <= 0:  # scale_by_std would measure a real batch's std; no FLOPs either way
-        module.scale_factor.fill_(1.0)
+            if buf is not None and buf.dim() == 0:
+                sub._buffers[name] = torch.ones((), dtype=buf.dtype)
     return module.train()
 
 

@@ -205,6 +205,7 @@ def latent_cases(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Cal
 
     from vldm.jobs.latent_cache import cache_latents
     from vldm.jobs.toy_data import write_toy_dataset
+    from vldm.training.run import stage_module
 
     device = torch.device(args.device)
     start = time.perf_counter()
@@ -217,7 +218,7 @@ def latent_cases(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Cal
 
     cfg = config()
     torch.manual_seed(0)
-    module = instantiate(cfg.model.module, _convert_="object").to(device)
+    module = stage_module(cfg).to(device)
     info = {"data_s": round(time.perf_counter() - start, 2), "clips": args.clips, "batch": cfg.data.batch_size,
             "frames": cfg.data.num_frames, "size": cfg.data.size}
     start = time.perf_counter()

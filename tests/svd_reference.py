@@ -195,7 +195,7 @@ def svd_scheduler():
 
 def build_svd_module(unet: dict, vae: dict, scalar_dim: int, clip_cfg: dict | None = None, clip_arch: str | None = None,
                      seed: int = 0):
-    """A :class:`~vldm.training.module.DiffusionModule` with the SVD image-to-video architecture and
+    """A :class:`~vldm.models.LatentDiffusion` with the SVD image-to-video architecture and
     random weights (:func:`randomize_`): video UNet (``unet`` keywords), first stage without quant
     convs + temporal decoder and a separate conditioning-frame autoencoder with quant convs (``vae``
     keywords), SVD's conditioner (CLIP image token from ``clip_cfg`` / ``clip_arch``; fps_id and
@@ -206,11 +206,9 @@ def build_svd_module(unet: dict, vae: dict, scalar_dim: int, clip_cfg: dict | No
     from vldm.conditioning.open_clip_towers import OpenCLIPImageEmbedder
     from vldm.conditioning.scalar_embedders import ConcatTimestepEmbedderND, ConditioningFrameEncoder
     from vldm.diffusion.denoiser import Denoiser, VScalingWithEDMcNoise
-    from vldm.diffusion.loss_weighting import EDMWeighting
-    from vldm.diffusion.sigma_sampling import EDMSigmaSampler
     from vldm.nn.autoencoder import AutoencoderKL
     from vldm.nn.unet import UNet
-    from vldm.training.module import DiffusionModule
+    from vldm.models.latent_diffusion import LatentDiffusion
 
     network = randomize_(UNet(**unet), seed)
     first_stage = randomize_(AutoencoderKL(**vae, use_quant_conv=False, decoder="temporal"), seed + 1)
@@ -223,10 +221,9 @@ def build_svd_module(unet: dict, vae: dict, scalar_dim: int, clip_cfg: dict | No
         EmbedderSpec(ConditioningFrameEncoder(cond_ae), "cond_frames"),
         EmbedderSpec(ConcatTimestepEmbedderND(scalar_dim), "cond_aug"),
     ])
-    module = DiffusionModule(network, first_stage, conditioner, Denoiser(VScalingWithEDMcNoise()),
-                             EDMSigmaSampler(), EDMWeighting(), scale_factor=0.18215, ema_decay=None,
-                             image_to_video=True)
-    return module.eval()
+    model = LatentDiffusion(network, first_stage, conditioner, Denoiser(VScalingWithEDMcNoise()), scale_factor=0.18215,
+                            image_to_video=True)
+    return model.eval()
 
 
 def build_tiny_svd_module(seed: int = 0, clip_cfg: dict | None = None):

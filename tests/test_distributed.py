@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from tests.conftest import TINY_UNET, compose_train
+from vldm.training.run import stage_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,13 +97,11 @@ def test_two_process_ddp_sees_different_samples_and_keeps_weights_in_sync(tmp_pa
     position = ckpt["callbacks"]["DataPosition"]
     assert position["world"] == 2 and set(position["workers"]) == {"0", "1"}  # both ranks' stream positions
     # the checkpoint reloads strictly into a fresh module, and holds the weights both ranks ended with
-    from hydra.utils import instantiate
-
     cfg = compose_train(smoke_video_args(tmp_path, toy_root))
     torch.manual_seed(cfg.seed)  # as train_stage seeds before building: the run's initial weights
-    initial = instantiate(cfg.model.module, _convert_="object").network.state_dict()
-    module = instantiate(cfg.model.module, _convert_="object")
-    module.load_state_dict(ckpt["state_dict"], strict=True)
+    initial = stage_module(cfg).network.state_dict()
+    module = stage_module(cfg)
+    module.load_checkpoint_weights(ckpt["state_dict"], strict=True)
     assert tensor_digest(module.network.state_dict()) == r0["live"]
     assert tensor_digest(module.model_ema.shadow.state_dict()) == r0["ema"]
     trained = [n for n, v in module.network.state_dict().items() if not torch.equal(v, initial[n])]
@@ -329,7 +328,6 @@ def test_fsdp_through_lightning_trains_and_resumes_like_ddp(tmp_path: Path, toy_
     """``trainer=fsdp`` end to end on 2 CPU ranks (tests/cpu_fsdp.py): the frozen encoders stay out of
     FSDP and gradients are clipped across shards; after 3 steps, and again after both runs resume to
     step 5, the checkpoint's weights, EMA and optimizer state and the exported weights equal a DDP run's."""
-    from hydra.utils import instantiate
     from safetensors.torch import load_file
 
     common = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "stage.checkpoint_every=3",
@@ -366,6 +364,6 @@ def test_fsdp_through_lightning_trains_and_resumes_like_ddp(tmp_path: Path, toy_
         if steps == 3:
             first = f["state_dict"]
             cfg = compose_train(smoke_video_args(tmp_path, toy_root))
-            instantiate(cfg.model.module, _convert_="object").load_state_dict(f["state_dict"], strict=True)
+            stage_module(cfg).load_checkpoint_weights(f["state_dict"], strict=True)
     moved = [k for k, v in f["state_dict"].items() if k.startswith("model.") and not torch.equal(v, first[k])]
     assert len(moved) > 100  # the resumed steps trained

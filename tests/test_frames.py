@@ -10,7 +10,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from vldm.data.datamodule import ShardDataModule
+from vldm.training.datamodule import ShardDataModule
 from vldm.data.frames import FrameWindow, frame_size, resize_center_crop, size_record
 from vldm.data.shards import VideoClipDataset
 from vldm.io.video_io import encode_mp4

@@ -104,7 +104,7 @@ def test_cached_batch_gives_the_video_batch_loss(cached: Path, toy_root: Path, m
     latent = next(iter(DataLoader(latent_clips([cached / shard]), batch_size=4)))
     assert latent["__key__"] == video["__key__"]
     module.train()  # guidance dropout on: its draws must line up too
-    module.scale_factor.fill_(0.7)
+    module.diffusion.scale_factor.fill_(0.7)
     for seed in range(3):
         want = module.diffusion_loss(video, torch.Generator().manual_seed(seed))
         got = module.diffusion_loss(latent, torch.Generator().manual_seed(seed))

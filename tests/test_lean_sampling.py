@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from tests.conftest import compose_train
+from vldm.checkpoints.load import build_model
 from vldm.sampling.memory_plan import MemoryPlan, plan_for
-from vldm.sampling.pipeline import LatentDiffusionSampler, SamplerConfig
+from vldm.diffusion.sampler_config import SamplerConfig
+from vldm.sampling.pipeline import LatentDiffusionSampler
 
 CFG = SamplerConfig(num_steps=2, sigma_max=80.0, min_guidance=1.0, max_guidance=2.5)
 LEANEST = MemoryPlan(unet="stream", image_encoder="stream", cond_frame_encoder="stream", vae_decoder="stream",
@@ -28,7 +29,7 @@ def perturbed(module: torch.nn.Module) -> torch.nn.Module:
 def i2v_module():
     torch.manual_seed(0)
     cfg = compose_train(["stage=video", "experiment=smoke"])
-    module = instantiate(cfg.model.module, ema_decay=None, _convert_="object").eval()
+    module = build_model(cfg.model).eval()
     module.scale_factor.fill_(0.7)
     perturbed(module.network)
     perturbed(module.first_stage_model)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from safetensors.torch import save_file
 from torch import nn
 
 from tests.conftest import compose_train
+from vldm.checkpoints.load import build_model
 from vldm.checkpoints.official import load_pretrained
 from vldm.io.safe_load import CheckpointError
 from vldm.io.safetensors_stream import header_bytes, tensor_bytes, write_safetensors
@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY_SD21 = [
     "model=sd21",
-    "model.module.network.model_channels=32", "model.module.network.channel_mult=[1,2]",
-    "model.module.network.num_res_blocks=1", "model.module.network.attention_resolutions=[1,2]",
-    "model.module.network.num_head_channels=16", "model.module.network.context_dim=64",
-    "model.module.first_stage.ch=32", "model.module.first_stage.ch_mult=[1,1,2]",
-    "model.module.first_stage.num_res_blocks=1", "model.module.first_stage.resolution=32",
-    "model.clip.require_weights=false", "model.clip_weights=null", "model.module.sampler.num_steps=4",
+    "model.diffusion.network.model_channels=32", "model.diffusion.network.channel_mult=[1,2]",
+    "model.diffusion.network.num_res_blocks=1", "model.diffusion.network.attention_resolutions=[1,2]",
+    "model.diffusion.network.num_head_channels=16", "model.diffusion.network.context_dim=64",
+    "model.diffusion.first_stage.ch=32", "model.diffusion.first_stage.ch_mult=[1,1,2]",
+    "model.diffusion.first_stage.num_res_blocks=1", "model.diffusion.first_stage.resolution=32",
+    "model.clip.require_weights=false", "model.clip_weights=null", "model.diffusion.sampler.num_steps=4",
     "model.clip.model_cfg={embed_dim:64,vision_cfg:{image_size:32,patch_size:8,width:64,layers:2,head_width:32},"
     "text_cfg:{context_length:32,vocab_size:49408,width:64,heads:2,layers:2}}",
 ]
@@ -40,7 +40,7 @@ TINY_SD21 = [
 # ---------------------------------------------------------------------------- helpers (shared by the D tests)
 def builder(model_cfg) -> Callable[[], nn.Module]:
     """What ``sample.py`` builds for ``model=...``: the module without EMA or sample writer."""
-    return lambda: instantiate(model_cfg.module, ema_decay=None, sample_dir=None, _convert_="object")
+    return lambda: build_model(model_cfg)
 
 
 def tiny_video_cfg():
@@ -81,10 +81,9 @@ def sparse_safetensors(path: Path, shapes: Mapping[str, tuple[int, ...]], dtype:
 
 
 def meta_shapes(build: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
-    from vldm.checkpoints.meta_init import parameters_on_meta
+    from vldm.checkpoints.meta_init import build_on_meta
 
-    with parameters_on_meta():
-        module = build()
+    module = build_on_meta(build)
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import CONFIG_DIR
+from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.sampling.images import list_images, load_image
 
 
@@ -34,11 +35,11 @@ def video_run(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
 
 @pytest.mark.slow
 def test_sampler_shapes_and_determinism_by_seed(video_run: Path) -> None:
-    from vldm.sampling.load import load_trained
-    from vldm.sampling.pipeline import SamplerConfig
+    from vldm.checkpoints.load import load_run
+    from vldm.diffusion.sampler_config import SamplerConfig
 
-    module, _ = load_trained(video_run / "video")
-    sampler = module.sampler(use_ema=False)
+    module, _ = load_run(video_run / "video")
+    sampler = LatentDiffusionSampler.from_model(module)
     image = torch.rand(2, 3, 32, 32) * 2 - 1
     cfg = SamplerConfig(num_steps=3, sigma_max=80.0)
     a = sampler.image_to_video(image, 5, cfg=cfg, seed=1)
@@ -60,11 +61,11 @@ def test_sampler_shapes_and_determinism_by_seed(video_run: Path) -> None:
 
 @pytest.mark.slow
 def test_guidance_one_skips_the_unconditional_pass(video_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vldm.sampling.load import load_trained
-    from vldm.sampling.pipeline import SamplerConfig
+    from vldm.checkpoints.load import load_run
+    from vldm.diffusion.sampler_config import SamplerConfig
 
-    module, _ = load_trained(video_run / "video")
-    sampler = module.sampler(use_ema=False)
+    module, _ = load_run(video_run / "video")
+    sampler = LatentDiffusionSampler.from_model(module)
     batches = []
     network_forward = sampler.network.forward
     monkeypatch.setattr(sampler.network, "forward", lambda x, *a, **k: batches.append(x.shape[0]) or network_forward(x, *a, **k))

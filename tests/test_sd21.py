@@ -13,12 +13,13 @@ from hydra.utils import instantiate
 
 from tests.conftest import compose_train
 from tests.test_official_loading import builder, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_video_cfg
+from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.checkpoints.ldm_layout import SCHEDULE_BUFFERS, ldm_schedule, to_ldm_key
 from vldm.checkpoints.official import load_pretrained
 from vldm.io.safe_load import CheckpointError
 from vldm.diffusion.denoiser import DiscreteDenoiser, VScaling
 from vldm.diffusion.discretization import ddpm_sigmas
-from vldm.sampling.load import load_model_file
+from vldm.checkpoints.load import load_model_file
 
 
 def ldm_file(module: torch.nn.Module, path: Path, schedule: dict | None = None, extra: dict | None = None) -> Path:
@@ -57,8 +58,8 @@ def test_full_size_matches_sd21() -> None:
     assert shapes["model.diffusion_model.input_blocks.1.1.proj_in.weight"] == (320, 320)  # linear proj
     assert "model.diffusion_model.label_emb.0.0.weight" not in shapes
     assert shapes["first_stage_model.quant_conv.weight"] == (8, 8, 1, 1)
-    assert cfg.checkpoint_layout == "ldm" and cfg.module.scale_factor == pytest.approx(0.18215)
-    denoiser = instantiate(cfg.module.denoiser)
+    assert cfg.checkpoint_layout == "ldm" and cfg.diffusion.scale_factor == pytest.approx(0.18215)
+    denoiser = instantiate(cfg.diffusion.denoiser)
     assert isinstance(denoiser, DiscreteDenoiser) and isinstance(denoiser.scaling, VScaling)
     assert denoiser.sigmas[0] == pytest.approx(0.0292, abs=1e-4)
     assert denoiser.sigmas[-1] == pytest.approx(14.6146, abs=1e-3)
@@ -102,8 +103,8 @@ def test_tiny_ldm_file_loads_strictly_and_samples(tiny_sd) -> None:
         assert torch.equal(own[key], value), key
     assert float(module.scale_factor) == pytest.approx(0.18215)
     sampler_cfg = module.sampler_cfg
-    images = module.sampler(use_ema=False).text_to_image(["a red ball", "a blue cube"], 32, 32, sampler_cfg, seed=3)
-    expected = reference.sampler(use_ema=False).text_to_image(["a red ball", "a blue cube"], 32, 32, sampler_cfg,
+    images = LatentDiffusionSampler.from_model(module).text_to_image(["a red ball", "a blue cube"], 32, 32, sampler_cfg, seed=3)
+    expected = LatentDiffusionSampler.from_model(reference).text_to_image(["a red ball", "a blue cube"], 32, 32, sampler_cfg,
                                                               seed=3)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert torch.equal(images, expected) and images.std() > 0.01
@@ -174,32 +175,32 @@ def test_openclip_file_must_agree_with_the_checkpoint_tower(tiny_sd, tmp_path: P
 def test_building_without_openclip_weights_names_the_file() -> None:
     cfg = compose_train(["model=sd21", "model.clip_weights=null"]).model
     with pytest.raises(InstantiationException, match=r"open_clip_pytorch_model\.bin.*laion/CLIP-ViT-H-14-laion2B"):
-        instantiate(cfg.module.conditioner)
+        instantiate(cfg.diffusion.conditioner)
     missing = compose_train(["model=sd21", "model.clip_weights=/nowhere/open_clip_pytorch_model.bin"]).model
     with pytest.raises(InstantiationException, match=r"/nowhere/open_clip_pytorch_model\.bin.*laion/CLIP-ViT-H-14"):
-        instantiate(missing.module.conditioner)
+        instantiate(missing.diffusion.conditioner)
 
 
 def test_stage_one_starts_from_an_ldm_file(tiny_sd, tmp_path: Path) -> None:
     """``stage.init_from=v2-1_768-ema-pruned.safetensors``: the training path reads the LDM layout too."""
-    from vldm.training.init_from import init_from
+    from vldm.checkpoints.stage_weights import load_stage_weights
 
     cfg, reference, path = tiny_sd
     module = builder(cfg)()
-    init_from(module, path, mode="full")
+    load_stage_weights(module, path, mode="full")
     own = module.state_dict()
     assert all(torch.equal(own[k], v) for k, v in reference.state_dict().items())
     linear = torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64)
     sigmas = ((1 - torch.cumprod(1 - linear, 0)) / torch.cumprod(1 - linear, 0)).sqrt()
     other = ldm_file(reference, tmp_path / "other.safetensors", schedule=ldm_schedule(sigmas))
     with pytest.raises(CheckpointError, match="different model"):
-        init_from(builder(cfg)(), other, mode="full")
+        load_stage_weights(builder(cfg)(), other, mode="full")
 
 
 def test_sd21_unconditional_pass_embeds_the_empty_prompt(tiny_sd) -> None:
     """SD 2.x (LDM) guides against the embedding of "" — not zeros, as SGM-trained models do."""
     cfg, module, _ = tiny_sd
-    sampler = module.sampler(use_ema=False)
+    sampler = LatentDiffusionSampler.from_model(module)
     assert sampler.uncond_text == "empty"
     uncond = sampler.unconditional({"txt": ["a red ball"]})
     assert torch.allclose(uncond["crossattn"], module.conditioner({"txt": [""]})["crossattn"])

@@ -13,7 +13,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from vldm.data.datamodule import ShardDataModule
+from vldm.training.datamodule import ShardDataModule
 from vldm.data.shards import ImageDataset, VideoClipDataset
 from vldm.io.tar_shards import resolve_shards
 from vldm.data.toy import ToyVideoConfig, generate_clip

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
 from tests.test_official_loading import builder, randomize, save_state, tiny_sd21_cfg
 from vldm.checkpoints.export import export_safetensors
+from vldm.checkpoints.load import build_model, load_run
 from vldm.checkpoints.official import load_pretrained
 from vldm.io.safe_load import CheckpointError
 from vldm.checkpoints.svd_export import SVD_PREFIXES, export_svd, load_exported
 from vldm.jobs.export import main
+from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.io.tensor_source import TensorSource
-from vldm.sampling.load import load_trained
 
 
 def make_run(root: Path, stage: str, scale: float = 0.9, seed: int = 0) -> Path:
@@ -29,7 +29,7 @@ def make_run(root: Path, stage: str, scale: float = 0.9, seed: int = 0) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     torch.manual_seed(seed)
-    module = randomize(instantiate(cfg.model.module, _convert_="object"), seed)
+    module = randomize(build_model(cfg.model), seed)
     module.scale_factor.fill_(scale)
     export_safetensors(module, run / "model.safetensors", metadata={"stage": stage, "global_step": "42"})
     return run
@@ -86,7 +86,7 @@ def test_sgm_yaml_mirrors_svd_image_decoder(exported) -> None:
 
 
 def test_reloads_strictly_with_identical_outputs(video_run: Path, exported) -> None:
-    original, _ = load_trained(video_run)
+    original, _ = load_run(video_run)
     fp16, fp32 = (load_exported(r.weights) for r in exported)
     assert float(fp32.scale_factor) == pytest.approx(float(original.scale_factor))
     state = fp32.state_dict()
@@ -94,7 +94,7 @@ def test_reloads_strictly_with_identical_outputs(video_run: Path, exported) -> N
         if name != "scale_factor":
             assert torch.equal(state[name], value), name
     image = torch.rand(1, 3, 16, 16) * 2 - 1
-    videos = [m.sampler(use_ema=False).image_to_video(image, 2, cfg=m.sampler_cfg.__class__(num_steps=1), seed=1)
+    videos = [LatentDiffusionSampler.from_model(m).image_to_video(image, 2, cfg=m.sampler_cfg.__class__(num_steps=1), seed=1)
               for m in (original, fp32)]
     assert videos[0].shape == (1, 2, 3, 16, 16) and videos[0].std() > 0.01 and torch.equal(videos[0], videos[1])
     state = fp16.state_dict()

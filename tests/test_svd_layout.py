@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from tests.conftest import compose_train
+from vldm.checkpoints.load import build_model
 from vldm.io.safe_load import CheckpointError, load_state_dict_file, load_strict
 from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs
 from vldm.conditioning.open_clip_towers import OpenCLIPImageEmbedder, antialiased_resize, build_clip, causal_mask
@@ -47,21 +47,21 @@ def reference_layout(name: str) -> dict[str, tuple[int, ...]]:
 def build_on_meta(model: str):
     cfg = compose_train([f"model={model}"])
     with torch.device("meta"):
-        return instantiate(cfg.model.module, _convert_="object")
+        return build_model(cfg.model)
 
 
 def tiny_svd_cfg(model: str = "svd_xt"):
     """The SVD model config with every width shrunk (same classes, same key structure)."""
     cfg = compose_train([f"model={model}"])
     OmegaConf.set_struct(cfg, False)
-    net = cfg.model.module.network
+    net = cfg.model.diffusion.network
     net.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2],
                num_head_channels=16, context_dim=TINY_CLIP["embed_dim"], adm_in_channels=3 * 16)
     for i in (1, 2, 4):
-        cfg.model.module.conditioner.embedders[i].embedder.outdim = 16
-    clip = cfg.model.module.conditioner.embedders[0].embedder
+        cfg.model.diffusion.conditioner.embedders[i].embedder.outdim = 16
+    clip = cfg.model.diffusion.conditioner.embedders[0].embedder
     clip.arch, clip.model_cfg = None, TINY_CLIP
-    cfg.model.module.first_stage.update(TINY_AE)
+    cfg.model.diffusion.first_stage.update(TINY_AE)
     cfg.model.cond_frame_encoder.update(TINY_AE)
     return cfg
 
@@ -129,15 +129,15 @@ def test_strict_round_trip_through_safetensors(model: str, tmp_path: Path) -> No
     from safetensors.torch import save_file
 
     cfg = tiny_svd_cfg(model)
-    source = instantiate(cfg.model.module, _convert_="object").eval()
+    source = build_model(cfg.model).eval()
     _perturb(source, seed=1)
     path = tmp_path / f"{model}.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
 
-    fresh = instantiate(cfg.model.module, _convert_="object").eval()
+    fresh = build_model(cfg.model).eval()
     load_strict(fresh, load_state_dict_file(path), what=str(path))
     with torch.device("meta"):
-        on_meta = instantiate(cfg.model.module, _convert_="object").eval()
+        on_meta = build_model(cfg.model).eval()
     on_meta.load_state_dict(load_state_dict_file(path), strict=True, assign=True)
     for part in (on_meta.model, on_meta.conditioner, on_meta.first_stage_model):
         assert not any(t.is_meta for t in [*part.parameters(), *part.buffers()])
@@ -153,7 +153,7 @@ def test_wrong_layout_fails_naming_keys(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     cfg = tiny_svd_cfg("svd_xt")
-    module = instantiate(cfg.model.module, _convert_="object")
+    module = build_model(cfg.model)
     state = module.state_dict()
     # a key in the pre-SVD layout of the image embedder (no ``open_clip.`` level), a dropped mix factor
     state["conditioner.embedders.0.model.logit_scale"] = state.pop("conditioner.embedders.0.open_clip.model.logit_scale")
@@ -161,7 +161,7 @@ def test_wrong_layout_fails_naming_keys(tmp_path: Path) -> None:
     path = tmp_path / "wrong.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     with pytest.raises(CheckpointError) as err:
-        load_strict(instantiate(cfg.model.module, _convert_="object"), load_state_dict_file(path), what=str(path))
+        load_strict(build_model(cfg.model), load_state_dict_file(path), what=str(path))
     message = str(err.value)
     assert "first_stage_model.decoder.mid.block_1.mix_factor" in message
     assert "missing keys: conditioner.embedders.0.open_clip.model.logit_scale" in message

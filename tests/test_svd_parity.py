@@ -188,14 +188,15 @@ def _run_both(module, pipe, image01, num_frames: int, steps: int, min_g: float, 
     The random numbers coincide by construction: both draw the conditioning-frame noise
     (``image.shape``) and then the initial latents (``(b, t, c, h, w)`` = our ``(b * t, c, h, w)``)
     from one generator seeded alike; both scale the latents by ``sqrt(1 + sigma_max^2)``."""
-    from vldm.sampling.pipeline import SamplerConfig
+    from vldm.diffusion.sampler_config import SamplerConfig
+    from vldm.sampling.pipeline import LatentDiffusionSampler
 
     image = image01 if isinstance(image01, torch.Tensor) else torch.from_numpy(
         np.asarray(image01, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     h, w = image.shape[-2:]
     cfg = SamplerConfig(num_steps=steps, sigma_min=0.002, sigma_max=700.0, rho=7.0, min_guidance=min_g,
                         max_guidance=max_g)
-    ours = module.sampler(use_ema=False).image_to_video(image * 2 - 1, num_frames, fps_id=fps - 1,
+    ours = LatentDiffusionSampler.from_model(module).image_to_video(image * 2 - 1, num_frames, fps_id=fps - 1,
                                                         motion_bucket_id=motion, cond_aug=aug, cfg=cfg, seed=seed)
     theirs = pipe(image01, height=h, width=w, num_frames=num_frames, num_inference_steps=steps,
                   min_guidance_scale=min_g, max_guidance_scale=max_g, fps=fps, motion_bucket_id=motion,

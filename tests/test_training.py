@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from tests.conftest import compose_train
 from vldm.io.safe_load import CheckpointError, load_state_dict_file
-from vldm.training.run import TrainingDiverged, train_stage
+from vldm.training.run import TrainingDiverged, stage_module, train_stage
 
 STAGES = ["autoencoder", "image", "video", "hq"]
 
@@ -27,7 +27,7 @@ def smoke(tmp: Path, toy: Path, stage: str, *extra: str):
 @pytest.mark.parametrize("experiment", ["toy", "smoke"])
 def test_every_stage_and_experiment_instantiates(stage: str, experiment: str, toy_root: Path) -> None:
     cfg = compose_train([f"stage={stage}", f"experiment={experiment}", f"paths.data_dir={toy_root}"])
-    module = instantiate(cfg.model.module, _convert_="object")
+    module = stage_module(cfg)
     datamodule = instantiate(cfg.data, _convert_="object")
     datamodule.setup("fit")
     assert sum(p.numel() for p in module.parameters()) > 0
@@ -44,7 +44,7 @@ def test_unknown_config_key_is_refused() -> None:
 def test_a_training_step_lowers_the_loss_on_a_fixed_batch(toy_root: Path) -> None:
     """Same batch, same noise and sigmas every step (seeded generator): the loss must fall."""
     cfg = compose_train(["stage=video", f"paths.data_dir={toy_root}"])
-    module = instantiate(cfg.model.module, _convert_="object").train()
+    module = stage_module(cfg).train()
     dm = instantiate(cfg.data, batch_size=2, _convert_="object")
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -61,7 +61,7 @@ def test_a_training_step_lowers_the_loss_on_a_fixed_batch(toy_root: Path) -> Non
 
 def test_trainable_temporal_freezes_spatial_layers(toy_root: Path) -> None:
     cfg = compose_train(["stage=video", f"paths.data_dir={toy_root}"])
-    module = instantiate(cfg.model.module, trainable="temporal", _convert_="object")
+    module = stage_module(cfg, trainable="temporal")
     trainable = [n for n, p in module.network.named_parameters() if p.requires_grad]
     assert trainable and all("time_" in n or n.startswith(("label_emb.", "input_blocks.0.0.")) for n in trainable)
     assert "input_blocks.1.0.in_layers.2.weight" not in trainable
@@ -186,7 +186,7 @@ def test_corrupt_clip_is_skipped_and_training_goes_on(tmp_path: Path, toy_root: 
 def test_unknown_module_argument_is_refused(toy_root: Path) -> None:
     cfg = compose_train(["stage=image", f"paths.data_dir={toy_root}", "+model.module.learning_rat=1"])
     with pytest.raises(Exception, match="learning_rat"):
-        instantiate(cfg.model.module, _convert_="object")
+        stage_module(cfg)
 
 
 def test_wandb_is_offline_unless_the_user_gives_a_key(tmp_path: Path, toy_root: Path,
@@ -214,7 +214,7 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_train(tmp_path: Path, c
     (root / "runs" / "smoke").mkdir(parents=True)
     shutil.copytree(chained_run / "image", root / "runs" / "smoke" / "image")
     result = train_stage(smoke(root, toy_root, "video", "trainer.precision=bf16-mixed",
-                               "model.module.network.gradient_checkpointing=true", "stage.max_steps=2"))
+                               "model.diffusion.network.gradient_checkpointing=true", "stage.max_steps=2"))
     assert result.global_step == 2
     state = load_state_dict_file(result.weights)
     assert all(torch.isfinite(v.float()).all() for v in state.values())

@@ -15,7 +15,9 @@ from vldm.io.safe_load import save_safetensors
 
 
 def export_state(module: nn.Module, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    state = {k: v for k, v in module.state_dict().items() if not k.startswith("model_ema.")}
+    """The model's state dict (a training module's ``diffusion``), its UNet replaced by the EMA copy."""
+    model = getattr(module, "diffusion", module)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("model_ema.")}
     ema = getattr(module, "model_ema", None)
     if use_ema and ema is not None:
         for name, value in ema.shadow.state_dict().items():

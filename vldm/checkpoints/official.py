@@ -1,6 +1,6 @@
 """Load a released checkpoint (SVD family, SD 2.1) or any SGM-layout file into a model, lean and strict.
 
-The model is built as a skeleton (:func:`~vldm.checkpoints.meta_init.parameters_on_meta`), the
+The model is built as a skeleton (:func:`~vldm.checkpoints.meta_init.build_on_meta`), the
 file is read one tensor at a time (:class:`~vldm.io.tensor_source.TensorSource`), each
 tensor is cast to the asked dtype and placed on the asked device as it is read, and the module
 takes the tensors by ``load_state_dict(strict=True, assign=True)``. With fp16 asked for, no full
@@ -24,7 +24,7 @@ from torch import nn
 
 from vldm.io.identify import identify, missing_file_message
 from vldm.checkpoints.ldm_layout import EMA_SCALARS, SCHEDULE_BUFFERS, split_ldm_keys, to_ldm_key, verify_schedule
-from vldm.checkpoints.meta_init import meta_tensors, move_buffers, parameters_on_meta
+from vldm.checkpoints.meta_init import build_on_meta, materialize_buffers, meta_tensors, move_buffers
 from vldm.io.safe_load import CheckpointError, key_mismatch
 from vldm.io.tensor_source import TensorSource
 
@@ -55,7 +55,7 @@ def load_pretrained(build: Callable[[], nn.Module], path: str | Path, dtype: tor
     ``keep_fp32``: module prefixes kept in float32 whatever ``dtype`` says (e.g. ``first_stage_model``);
     ``layout``: ``sgm`` (names as the model's, e.g. the SVD files) or ``ldm`` (SD 2.x files of
     Stability-AI/stablediffusion, see :mod:`vldm.checkpoints.ldm_layout`).
-    Buffers the file does not hold (computed ones) are moved to ``device`` in their own dtype.
+    Buffers the file does not hold (computed ones) are recomputed on ``device`` in their own dtype.
     """
     path = Path(path)
     if not path.is_file():
@@ -63,8 +63,7 @@ def load_pretrained(build: Callable[[], nn.Module], path: str | Path, dtype: tor
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     device = torch.device(device)
-    with parameters_on_meta():
-        module = build()
+    module = build_on_meta(build)
     own = module.state_dict(keep_vars=True)
     with TensorSource(path) as source:
         file_shapes = source.shapes()
@@ -80,10 +79,11 @@ def load_pretrained(build: Callable[[], nn.Module], path: str | Path, dtype: tor
     module.load_state_dict(state, strict=True, assign=True)
     del state
     move_buffers(module, device)
+    materialize_buffers(module, device)
     left = meta_tensors(module)
     if left:
         raise CheckpointError(f"after loading {path}, these tensors are still on the meta device (made by the "
-                              f"model but neither saved in its state dict nor computed): {', '.join(left[:12])}")
+                              f"model but neither saved in its state dict nor recomputed by an init_buffers): {', '.join(left[:12])}")
     check_companions(module)
     return module
 
@@ -96,10 +96,11 @@ def _names(file_keys: list[str], layout: str) -> tuple[dict[str, str], list[str]
 
 
 def _reference_sigmas(module: nn.Module) -> torch.Tensor:
+    """The DDPM sigmas of the module's discrete denoiser (SD's default ladder when it has none)."""
     from vldm.diffusion.discretization import ddpm_sigmas
 
-    sigmas = getattr(getattr(module, "denoiser", None), "sigmas", None)
-    return sigmas.detach().cpu() if isinstance(sigmas, torch.Tensor) and not sigmas.is_meta else ddpm_sigmas()
+    schedule = getattr(getattr(module, "denoiser", None), "schedule", ())
+    return ddpm_sigmas(*schedule)
 
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:

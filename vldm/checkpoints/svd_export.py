@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vldm.checkpoints.meta_init import parameters_on_meta
+from vldm.checkpoints.load import build_model, diffusion_config, resolve_run
+from vldm.checkpoints.meta_init import build_on_meta
+from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.io.safe_load import CheckpointError, key_mismatch
 from vldm.io.safetensors_stream import write_safetensors
 from vldm.io.tensor_source import TensorSource
@@ -60,19 +62,13 @@ def exported_keys(keys: list[str]) -> list[str]:
     return [k for k in keys if k not in DROPPED_KEYS and not k.startswith(DROPPED_PREFIXES)]
 
 
-def _build_module(model_cfg: DictConfig | dict[str, Any]):
-    from hydra.utils import instantiate
-
-    return instantiate(model_cfg["module"], ema_decay=None, sample_dir=None, _convert_="object")
-
-
 def _check_exportable(cfg: DictConfig, run_dir: Path) -> None:
     kind = cfg.get("stage", {}).get("kind")
     if kind != "diffusion":
         raise ValueError(f"{run_dir} is a {kind} stage, not a diffusion model: only image-to-video models export "
                          f"to the SVD layout")
-    module_cfg = cfg.model.module
-    if not module_cfg.get("image_to_video", False) or not module_cfg.network.get("video", False):
+    model_cfg = diffusion_config(cfg.model)
+    if not model_cfg.get("image_to_video", False) or not model_cfg.network.get("video", False):
         raise ValueError(f"{run_dir} holds a text-to-image (stage 1) model; the SVD layout is for image-to-video "
                          f"models (stage video or hq): export a video stage's run directory instead")
 
@@ -80,7 +76,6 @@ def _check_exportable(cfg: DictConfig, run_dir: Path) -> None:
 def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.float16) -> Exported:
     """Write ``out`` (safetensors, SVD layout) and ``out`` with suffix ``.yaml`` (sgm inference config)."""
     import vldm
-    from vldm.sampling.load import resolve_run
 
     run_dir, weights = resolve_run(run_dir)
     out = Path(out)
@@ -90,8 +85,7 @@ def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.
         raise ValueError(f"refusing to overwrite the run's own weights {weights}")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     _check_exportable(cfg, run_dir)
-    with parameters_on_meta():
-        skeleton = _build_module(cfg.model)
+    skeleton = build_on_meta(lambda: build_model(cfg.model))
     own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     with TensorSource(weights) as source:
         shapes = source.shapes()
@@ -109,14 +103,14 @@ def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.
             raise CheckpointError(f"{run_dir}'s model has keys outside the SVD layout ({', '.join(bad[:8])}"
                                   f"{', ...' if len(bad) > 8 else ''}; {len(bad)} in all): its conditioner must be "
                                   f"[CLIP image, fps_id, motion_bucket_id, conditioning frame, cond_aug] as in SVD")
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        model_cfg["module"]["scale_factor"] = scale
+        model_cfg = {"diffusion": OmegaConf.to_container(diffusion_config(cfg.model), resolve=True)}
+        model_cfg["diffusion"]["scale_factor"] = scale
         unet = sum(int(torch.Size(shapes[k]).numel()) for k in keys if k.startswith("model.diffusion_model."))
         metadata = {
             "format": "svd", "vldm_version": vldm.__version__, "source_run": str(run_dir.resolve()),
             "source_stage": str(cfg.stage.get("name", "")), "global_step": source.metadata.get("global_step", ""),
             "dtype": next(k for k, v in DTYPES.items() if v == dtype), "scale_factor": repr(scale),
-            "unet_parameters": str(unet), "model_channels": str(cfg.model.module.network.model_channels),
+            "unet_parameters": str(unet), "model_channels": str(skeleton.network.config.model_channels),
             "num_frames": str(cfg.get("data", {}).get("num_frames", "")),
             "resolution": str(cfg.get("data", {}).get("size", "")),
             "vldm_model_config": json.dumps(model_cfg),
@@ -131,8 +125,9 @@ def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.
     return Exported(out, config_path, len(keys), total, scale)
 
 
-def load_exported(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """A vldm module rebuilt from an exported file's embedded model config and filled strictly."""
+def load_exported(path: str | Path, dtype: torch.dtype | None = None,
+                  device: str | torch.device = "cpu") -> LatentDiffusion:
+    """The model rebuilt from an exported file's embedded model config and filled strictly."""
     from vldm.checkpoints.official import load_pretrained
 
     with TensorSource(path) as source:
@@ -141,8 +136,8 @@ def load_exported(path: str | Path, dtype: torch.dtype | None = None, device: st
         raise CheckpointError(f"{path} carries no vldm model config (not written by vldm.checkpoints.svd_export); "
                               f"load an official file with its model config instead (model=svd_xt ...)")
     model_cfg = OmegaConf.create(json.loads(meta["vldm_model_config"]))
-    module = load_pretrained(lambda: _build_module(model_cfg), path, dtype=dtype, device=device, layout="sgm")
-    return module.eval()
+    model = load_pretrained(lambda: build_model(model_cfg), path, dtype=dtype, device=device, layout="sgm")
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------- the sgm inference yaml
@@ -202,8 +197,7 @@ SGM_SCALINGS = {"VScalingWithEDMcNoise": "sgm.modules.diffusionmodules.denoiser_
 
 def sgm_config(cfg: DictConfig, skeleton: Any, scale: float, open_clip_arch: str) -> dict[str, Any]:
     """The sgm ``DiffusionEngine`` config (a plain dict) of a video run."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    module = model["module"]
+    module = OmegaConf.to_container(diffusion_config(cfg.model), resolve=True)
     net = skeleton.network.config
     scaling = module["denoiser"]["scaling"]["_target_"].rsplit(".", 1)[-1]
     if scaling not in SGM_SCALINGS or module["denoiser"]["_target_"].rsplit(".", 1)[-1] != "Denoiser":
@@ -235,7 +229,7 @@ def sgm_config(cfg: DictConfig, skeleton: Any, scale: float, open_clip_arch: str
 
 def _open_clip_arch(cfg: DictConfig, out: Path) -> tuple[str, str]:
     """(arch name for sgm, a note); a custom tower's config is written as ``<out>.open_clip.json``."""
-    for spec in cfg.model.module.conditioner.embedders:
+    for spec in diffusion_config(cfg.model).conditioner.embedders:
         if spec.embedder._target_.endswith("OpenCLIPImageEmbedder"):
             if spec.embedder.get("model_cfg") is None:
                 return str(spec.embedder.get("arch") or "ViT-H-14"), ""

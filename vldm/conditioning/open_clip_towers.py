@@ -31,7 +31,7 @@ def build_clip(arch: str | None = None, model_cfg: dict | None = None, weights: 
 
     Without ``weights`` the tower is random but reproducible (``init_seed``): fine for toy runs
     and tests, meaningless otherwise. With ``weights`` (a local safetensors / ``.bin`` / ``.pt``
-    file) every key must match.
+    file) every key must match; a tower built on the meta device is left for a checkpoint to fill.
     """
     if model_cfg is None:
         if arch is None:
@@ -43,11 +43,13 @@ def build_clip(arch: str | None = None, model_cfg: dict | None = None, weights: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model = open_clip.CLIP(**cfg)
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"OpenCLIP weights not found: {path} (a local open_clip "
-                                    f"{arch or 'model'} checkpoint, e.g. open_clip_pytorch_model.bin)")
+    if weights is None:
+        return model
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"OpenCLIP weights not found: {path} (a local open_clip "
+                                f"{arch or 'model'} checkpoint, e.g. open_clip_pytorch_model.bin)")
+    if not model.logit_scale.is_meta:  # a meta-device skeleton is filled by the checkpoint being loaded
         model.load_state_dict(load_state_dict_file(path), strict=True)
     return model
 

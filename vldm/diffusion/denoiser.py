@@ -92,7 +92,12 @@ class DiscreteDenoiser(Denoiser):
     def __init__(self, scaling: Callable[[torch.Tensor], Scalings], num_timesteps: int = 1000,
                  linear_start: float = 0.00085, linear_end: float = 0.012) -> None:
         super().__init__(scaling)
-        self.register_buffer("sigmas", ddpm_sigmas(num_timesteps, linear_start, linear_end), persistent=False)
+        self.schedule = (num_timesteps, linear_start, linear_end)
+        self.register_buffer("sigmas", ddpm_sigmas(*self.schedule), persistent=False)
+
+    def init_buffers(self, device: torch.device | str) -> None:
+        """Recompute the sigma ladder (not in the state dict) after a meta-device build."""
+        self.sigmas = ddpm_sigmas(*self.schedule).to(device)
 
     def sigma_to_idx(self, sigma: torch.Tensor) -> torch.Tensor:
         return (sigma.reshape(-1, 1) - self.sigmas.to(sigma.device)[None]).abs().argmin(dim=1)

@@ -59,6 +59,12 @@ class CheckpointRef:
         return None if self.step is None else self.offset + self.step
 
 
+def _image_to_video(cfg: DictConfig) -> bool:
+    from vldm.checkpoints.load import diffusion_config
+
+    return bool(diffusion_config(cfg.model).get("image_to_video", False))
+
+
 def _stage_cfg(run_dir: Path) -> DictConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -90,7 +96,7 @@ def _find_video_config(root: Path, explicit: str | Path | None) -> Path:
             raise FileNotFoundError(f"video_config {explicit}: no such config.yaml")
         return path
     for d, cfg in _stage_dirs(root) if root.is_dir() else []:
-        if cfg.stage.get("kind") == "diffusion" and cfg.model.module.get("image_to_video", False):
+        if cfg.stage.get("kind") == "diffusion" and _image_to_video(cfg):
             return d / "config.yaml"
     raise FileNotFoundError(
         f"the image stage is evaluated inflated into the video model, but {root} holds no image-to-video "
@@ -100,8 +106,7 @@ def _find_video_config(root: Path, explicit: str | Path | None) -> Path:
 def _refs_for_stage(run_dir: Path, cfg: DictConfig, every: str, offset: int,
                     video_config: str | Path | None) -> list[CheckpointRef]:
     stage = str(cfg.stage.name)
-    inflate_into = _find_video_config(run_dir.parent, video_config) if not cfg.model.module.get(
-        "image_to_video", False) else None
+    inflate_into = None if _image_to_video(cfg) else _find_video_config(run_dir.parent, video_config)
     label = f"{stage} (inflated)" if inflate_into else stage
     refs = []
     if every == "all":
@@ -151,7 +156,7 @@ def _resolve_one(spec: str | Path, every: str, video_config: str | Path | None,
         match = _STEP_CKPT.match(path.name)
         step = int(match.group(1)) if match else _final_step(run_dir) if path.name == "model.safetensors" else None
         stage = str(cfg.stage.name)
-        inflate_into = None if cfg.model.module.get("image_to_video", False) else _find_video_config(
+        inflate_into = None if _image_to_video(cfg) else _find_video_config(
             run_dir.parent, video_config)
         label = f"{stage} (inflated)" if inflate_into else stage
         name = label if path.name == "model.safetensors" else f"{label} @{step}" if step is not None else \
@@ -222,43 +227,34 @@ def checkpoint_state(ref: CheckpointRef) -> dict[str, torch.Tensor]:
     return ema_weights(state) if ref.weights_path.suffix == ".ckpt" else state
 
 
-def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _build(cfg: DictConfig):
-    from hydra.utils import instantiate
-
-    return instantiate(cfg.model.module, ema_decay=None, sample_dir=None, _convert_="object")
-
-
 def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):
-    """``(module, train_cfg)``: the checkpoint as an image-to-video :class:`DiffusionModule` in eval mode,
+    """``(model, train_cfg)``: the checkpoint as an image-to-video :class:`~vldm.models.LatentDiffusion` in eval mode,
     and the training config of the model it is (the video stage's for an inflated image stage).
 
     Inflation builds the video model seeded with its stage's ``seed`` (as training starts it), takes
     the frozen conditioner from the video stage's export when present (identical to its start, it
     never trains), then inflates the image weights into it with
-    :func:`vldm.training.init_from.inflate_into` — what training's ``init_from`` (``inflate``) does,
+    :func:`vldm.checkpoints.stage_weights.inflate_into` — what training's ``init_from`` (``inflate``) does,
     from the weights in memory (EMA weights of a step checkpoint included).
     """
+    from vldm.checkpoints.load import build_model
+    from vldm.checkpoints.stage_weights import inflate_into, sub_state
     from vldm.io.safe_load import load_state_dict_file, load_strict
-    from vldm.training.init_from import inflate_into
 
     state = checkpoint_state(ref)
     if not ref.inflated:
         cfg = _stage_cfg(ref.run_dir)
-        module = _build(cfg)
-        load_strict(module, state, what=str(ref.weights_path))
-        return module.to(device).eval(), cfg
+        model = build_model(cfg.model)
+        load_strict(model, state, what=str(ref.weights_path))
+        return model.to(device).eval(), cfg
     cfg = OmegaConf.load(ref.video_config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.get("seed", 0)))
-        module = _build(cfg)
+        model = build_model(cfg.model)
     video_weights = ref.video_config.parent / "model.safetensors"
     if video_weights.is_file():
-        own = module.conditioner.state_dict()
-        frozen = {k: v for k, v in _sub(load_state_dict_file(video_weights), "conditioner.").items() if k in own}
-        module.conditioner.load_state_dict({**own, **frozen})
-    inflate_into(module, state, str(ref.weights_path))
-    return module.to(device).eval(), cfg
+        own = model.conditioner.state_dict()
+        frozen = {k: v for k, v in sub_state(load_state_dict_file(video_weights), "conditioner.").items() if k in own}
+        model.conditioner.load_state_dict({**own, **frozen})
+    inflate_into(model, state, str(ref.weights_path))
+    return model.to(device).eval(), cfg

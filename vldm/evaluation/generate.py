@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vldm.data.frames import frame_size
+from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.video.pixels import frames_to_tensor
 
 
@@ -54,43 +55,44 @@ class GenerationSettings:
         return f"{self.base_seed}..{self.base_seed + n - 1} (seed of video i = {self.base_seed} + i)"
 
 
-def _check_mode(module: Any, mode: str, what: str) -> None:
+def _check_mode(model: LatentDiffusion, mode: str, what: str) -> None:
     if mode == "i2v":
-        if not getattr(module, "image_to_video", False):
+        if not getattr(model, "image_to_video", False):
             raise ValueError(f"{what} is a text-to-image model; image-to-video evaluation needs a video model "
                              f"(image stages are evaluated inflated into the video model)")
         return
     if mode == "t2v":
-        kind = "image-to-video" if getattr(module, "image_to_video", False) else "text-to-image"
+        kind = "image-to-video" if getattr(model, "image_to_video", False) else "text-to-image"
         raise NotImplementedError(f"text-to-video evaluation needs a text-conditioned video model; {what} is "
                                   f"{kind} (the SVD recipe's video stages are image-to-video: use mode=i2v)")
     raise ValueError(f"mode must be 'i2v' or 't2v', got {mode!r}")
 
 
-def sampler_config(module: Any, overrides: dict[str, Any]):
+def sampler_config(model: LatentDiffusion, overrides: dict[str, Any]):
     """The checkpoint's sampler preset with the non-null ``overrides``."""
     from dataclasses import replace
 
     chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return replace(module.sampler_cfg, **chosen, progress=False)
+    return replace(model.sampler_cfg, **chosen, progress=False)
 
 
 @torch.no_grad()
-def generate_videos(module: Any, clips: Any, settings: GenerationSettings, rank: int = 0, world: int = 1,
+def generate_videos(model: LatentDiffusion, clips: Any, settings: GenerationSettings, rank: int = 0, world: int = 1,
                     what: str = "checkpoint") -> tuple[list[int], np.ndarray]:
     """``(indices, videos)``: this rank's share of the reference clips (:func:`~vldm.evaluation.ranks.shard_indices`)
     and uint8 videos ``(len(indices), t, h, w, 3)`` generated from them (see the module doc)."""
     from tqdm import tqdm
 
     from vldm.evaluation.ranks import shard_indices
+    from vldm.sampling.pipeline import LatentDiffusionSampler
     from vldm.video.pixels import tensor_to_frames
 
-    _check_mode(module, settings.mode, what)
+    _check_mode(model, settings.mode, what)
     if clips.num_frames < 1 or clips.hw != settings.size:
         raise ValueError(f"reference clips are {clips.hw[1]}x{clips.hw[0]}, generation asks for "
                          f"{settings.size[1]}x{settings.size[0]}")
-    cfg = sampler_config(module, settings.sampler)
-    sampler = module.sampler(use_ema=False)  # loaded modules hold the exported (EMA) weights as the network
+    cfg = sampler_config(model, settings.sampler)
+    sampler = LatentDiffusionSampler.from_model(model)
     indices = shard_indices(len(clips), rank, world)
     device = torch.device(settings.device)
     out = np.zeros((len(indices), settings.num_frames, *settings.size, 3), np.uint8)

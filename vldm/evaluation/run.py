@@ -290,7 +290,7 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
     from vldm.evaluation.generate import GenerationSettings, generate_videos, sampler_config
 
     start = time.perf_counter()
-    module, train_cfg = load_checkpoint(ref, device)
+    model, train_cfg = load_checkpoint(ref, device)
     num_frames = int(cfg.data.num_frames or train_cfg.data.num_frames)
     size = frame_size(cfg.data.size or train_cfg.data.size)
     check_frames(suite, num_frames)
@@ -300,10 +300,10 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
                                   fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, cond_aug=float(cfg.cond_aug),
                                   sampler=_sampler_overrides(cfg), video_dir=video_dir, device=str(device),
                                   progress=bool(cfg.progress), batch_size=int(cfg.batch_size))
-    indices, videos = generate_videos(module, clips, settings, rank, world, what=ref.name)
+    indices, videos = generate_videos(model, clips, settings, rank, world, what=ref.name)
     generated = time.perf_counter()
-    sampler = asdict(sampler_config(module, settings.sampler))
-    del module
+    sampler = asdict(sampler_config(model, settings.sampler))
+    del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     fps = [float(settings.fps if settings.fps is not None else clips.fps[i]) for i in indices]

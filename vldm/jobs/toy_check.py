@@ -49,21 +49,22 @@ def score_clips(generated: np.ndarray, real: np.ndarray, protocol: FlowProtocol 
 
 
 def run_toy_check(checkpoint: str | Path, data_dir: str | Path, num_clips: int = 16, seed: int = 0) -> ToyScores:
+    from vldm.checkpoints.load import load_run
     from vldm.data.shards import VideoClipDataset
-    from vldm.sampling.load import load_trained
+    from vldm.sampling.pipeline import LatentDiffusionSampler
     from vldm.video.pixels import tensor_to_frames
 
-    module, cfg = load_trained(checkpoint)
+    model, cfg = load_run(checkpoint)
     dataset = VideoClipDataset(str(Path(data_dir) / "videos" / "val-*.tar"), num_frames=cfg.data.num_frames,
                                size=cfg.data.size, repeat=False, max_samples=num_clips)
     clips = list(dataset)
     if not clips:
         raise FileNotFoundError(f"no held-out clips under {data_dir}/videos/val-*.tar")
     real = torch.stack([c["video"] for c in clips])
-    sampler = module.sampler(use_ema=False)
+    sampler = LatentDiffusionSampler.from_model(model)
     video = sampler.image_to_video(real[:, 0], real.shape[1], fps_id=torch.tensor([c["fps_id"] for c in clips]),
                                    motion_bucket_id=torch.tensor([c["motion_bucket_id"] for c in clips]),
-                                   cond_aug=0.02, cfg=module.sampler_cfg, seed=seed)
+                                   cond_aug=0.02, cfg=model.sampler_cfg, seed=seed)
     return score_clips(tensor_to_frames(video), tensor_to_frames(real))
 
 

@@ -26,7 +26,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vldm.nn.autoencoder import Decoder
+from vldm.nn.autoencoder_coders import Decoder
 from vldm.nn.autoencoder_blocks import ResnetBlock
 from vldm.nn.resblock import ResBlock
 from vldm.nn.temporal_conv import TemporalConv3d

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,37 +28,13 @@ from vldm.diffusion.denoiser import Denoiser
 from vldm.diffusion.discretization import sigma_schedule
 from vldm.diffusion.guidance import guide, linear_frame_scales
 from vldm.diffusion.noise import Generators, randn, seeded_generators
+from vldm.diffusion.sampler_config import SamplerConfig
 from vldm.diffusion.samplers import SAMPLERS
+from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.sampling.chunked_decode import chunked_decode, receptive_radius
 from vldm.sampling.memory_plan import MemoryPlan, decode_overlap, format_bytes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SamplerConfig:
-    """Sampler settings; the SVD-XT preset is 30 steps, guidance 1.5 -> 3.0, sigma_max 700."""
-
-    name: str = "euler"
-    num_steps: int = 25
-    schedule: str = "karras"  # karras (EDM, official) | exponential
-    sigma_min: float = 0.002
-    sigma_max: float = 700.0
-    rho: float = 7.0
-    min_guidance: float = 1.0
-    max_guidance: float = 2.5
-    decode_chunk_size: int | None = None
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        from vldm.diffusion.discretization import SIGMA_SCHEDULES
-
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; choose from {sorted(SAMPLERS)}")
-        if self.schedule not in SIGMA_SCHEDULES:
-            raise ValueError(f"unknown sigma schedule {self.schedule!r}; choose from {sorted(SIGMA_SCHEDULES)}")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
 
 
 UNCOND_ZERO_KEYS = ("cond_frames", "cond_frames_without_noise", "txt")
@@ -82,6 +57,12 @@ class LatentDiffusionSampler:
         self._placement = None
         if plan is not None:
             self.apply_plan(plan, device if device is not None else self.device)
+
+    @classmethod
+    def from_model(cls, model: LatentDiffusion, network: nn.Module | None = None) -> "LatentDiffusionSampler":
+        """A sampler over ``model``'s parts; ``network`` replaces its UNet (e.g. an EMA copy)."""
+        return cls(network if network is not None else model.network, model.denoiser, model.conditioner,
+                   model.first_stage_model, float(model.scale_factor), uncond_text=model.uncond_text)
 
     @property
     def device(self) -> torch.device:

@@ -72,25 +72,25 @@ def video_settings(cfg: DictConfig, preset: dict) -> VideoSettings:
 
 
 def load_for_sampling(cfg: DictConfig, device: torch.device, dtype: torch.dtype):
-    """(module, preset settings) from ``model=... checkpoint=FILE`` or from a vldm run directory."""
-    from vldm.sampling.load import load_model_file, load_trained
+    """(model, preset settings) from ``model=... checkpoint=FILE`` or from a vldm run directory."""
+    from vldm.checkpoints.load import load_model_file, load_run
 
     if cfg.get("model") is not None:
-        module = load_model_file(cfg.model, cfg.checkpoint, dtype=dtype, device="cpu")
+        model = load_model_file(cfg.model, cfg.checkpoint, dtype=dtype, device="cpu")
         preset = _container(cfg.model.get("sampling"))
     else:
-        module, train_cfg = load_trained(cfg.checkpoint)
-        if not module.image_to_video:
+        model, train_cfg = load_run(cfg.checkpoint)
+        if not model.image_to_video:
             raise ValueError(f"{cfg.checkpoint} is a text-to-image model; sample.py makes videos from images")
         if dtype != torch.float32:
-            module = module.to(dtype)
+            model = model.to(dtype)
         preset = {"height": train_cfg.data.size, "width": train_cfg.data.size,
                   "num_frames": train_cfg.data.num_frames, "fps": 8}
         preset.update(_container(train_cfg.model.get("sampling")))
-    if not module.image_to_video:
+    if not model.image_to_video:
         raise ValueError(f"{cfg.checkpoint} is a text-to-image model; sample.py makes videos from images")
     preset = {k: v for k, v in preset.items() if k in VideoSettings.__dataclass_fields__}
-    return module, preset
+    return model, preset
 
 
 def _container(node) -> dict:
@@ -123,16 +123,16 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
     images = list_images(cfg.image)[: cfg.limit]  # fail on a missing image before loading gigabytes
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    module, preset = load_for_sampling(cfg, device, dtype)
+    model, preset = load_for_sampling(cfg, device, dtype)
     base = video_settings(cfg, preset)
     chosen = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
-    sampler_cfg = replace(module.sampler_cfg, **chosen, progress=True)
+    sampler_cfg = replace(model.sampler_cfg, **chosen, progress=True)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, path in enumerate(images):
         image, settings = conditioning_image(path, base, cfg.resize)
-        sampler, plan = lean_sampler(module, device, dtype, cfg.max_memory, settings.num_frames, settings.height,
+        sampler, plan = lean_sampler(model, device, dtype, cfg.max_memory, settings.num_frames, settings.height,
                                      settings.width, sampler_cfg)
         log.info("memory plan for %dx%d x %d frames:\n%s", settings.width, settings.height, settings.num_frames,
                  plan.describe())

@@ -1,10 +1,8 @@
-"""One LightningModule for the three stages of the SVD recipe.
+"""One LightningModule for the diffusion stages of the SVD recipe, around a plain model.
 
-A stage is configuration: which network (image UNet, or video UNet after :func:`inflate`),
-which conditioner (text for stage 1; CLIP image + conditioning-frame latent + fps / motion /
-noise-augmentation vector for image-to-video), which data, which parameters train. The
-attribute names give checkpoints the SGM layout: ``model.diffusion_model.*``,
-``first_stage_model.*``, ``conditioner.embedders.{i}.*``.
+A stage is configuration: which model (:class:`~vldm.models.LatentDiffusion`: image UNet or the
+video UNet after :func:`inflate`, text or image-to-video conditioning), which data, which
+parameters train. This module adds what training needs: the loss, the EMA copy, the optimizer.
 
 Training loss (Karras et al., 2022): ``lambda(sigma) ||D(z + sigma n; sigma) - z||^2`` with one
 ``sigma`` per video (all frames share it), ``z`` the scaled autoencoder latent.
@@ -27,66 +25,63 @@ from torch import nn
 
 from vldm.conditioning.conditioner import Conditioner, EmbedderSpec
 from vldm.conditioning.i2v_inputs import LogNormalCondAug, expand_to_frames, i2v_inputs
-from vldm.conditioning.scalar_embedders import ConditioningFrameEncoder
-from vldm.diffusion.denoiser import Denoiser
+from vldm.data.latent_dataset import CACHED_PREFIX, fingerprint
+from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.nn.autoencoder import DiagonalGaussian
 from vldm.nn.inflate import temporal_parameter_names
 from vldm.nn.unet import UNet
-from vldm.sampling.pipeline import LatentDiffusionSampler, SamplerConfig
+from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.training.ema import EMA
 from vldm.training.optim import configure
 
 log = logging.getLogger(__name__)
 
-CACHED_PREFIX = "cached."  # batch key of a pre-computed embedder output: cached.<embedder index>
+MODEL_PREFIX = "diffusion."
+EMA_PREFIX = "model_ema."
 
 
-class DiffusionWrapper(nn.Module):
-    """Holds the network as ``diffusion_model`` (the SGM name) and calls it."""
-
-    def __init__(self, network: UNet) -> None:
-        super().__init__()
-        self.diffusion_model = network
-
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.diffusion_model(x, c_noise, **kwargs)
+def module_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's keys as :class:`DiffusionModule` names them (the model under ``diffusion.``)."""
+    return {k if k.startswith(EMA_PREFIX) else MODEL_PREFIX + k: v for k, v in state_dict.items()}
 
 
 class DiffusionModule(pl.LightningModule):
-    def __init__(self, network: UNet, first_stage: nn.Module, conditioner: Conditioner, denoiser: Denoiser,
-                 sigma_sampler: Any, loss_weighting: Any, scale_factor: float | None = 0.18215, lr: float = 1e-4,
+    """Trains a :class:`~vldm.models.LatentDiffusion` (held as ``diffusion``): loss, EMA, optimisation.
+
+    Lightning checkpoints hold the model's own keys (``model.diffusion_model.*``, ... as in an
+    exported file) plus ``model_ema.*``: the ``diffusion.`` prefix is dropped on save and restored
+    on load.
+    """
+
+    def __init__(self, model: LatentDiffusion, sigma_sampler: Any, loss_weighting: Any, lr: float = 1e-4,
                  weight_decay: float = 0.0, ema_decay: float | None = 0.999, trainable: str = "all",
-                 image_to_video: bool = False, cond_aug: LogNormalCondAug | None = None,
-                 sampler: SamplerConfig | dict | None = None, sample_dir: str | None = None,
-                 sample_fps: int = 8, lr_schedule: str = "constant", warmup_steps: int = 0,
-                 uncond_text: str = "zero") -> None:
+                 cond_aug: LogNormalCondAug | None = None, sample_dir: str | None = None, sample_fps: int = 8,
+                 lr_schedule: str = "constant", warmup_steps: int = 0) -> None:
         super().__init__()
-        self.model = DiffusionWrapper(network)
-        self.first_stage_model = first_stage.eval().requires_grad_(False)
-        for embedder in conditioner.embedders:  # the conditioning frame uses the first stage unless given its own
-            if isinstance(embedder, ConditioningFrameEncoder) and embedder.encoder is None:
-                embedder.encoder = self.first_stage_model
-        self.conditioner = conditioner.requires_grad_(False)
-        self.denoiser = denoiser
+        self.diffusion = model
         self.sigma_sampler, self.loss_weighting = sigma_sampler, loss_weighting
-        # scale_factor=None: set it to 1 / std of the first training batch's latents and keep it
-        # in the state dict (LDM's ``scale_by_std``); a fixed value (SD: 0.18215) is not saved.
-        self.scale_by_std = scale_factor is None
-        self.register_buffer("scale_factor", torch.tensor(-1.0 if scale_factor is None else float(scale_factor)),
-                             persistent=self.scale_by_std)
         self.lr, self.weight_decay = lr, weight_decay
         self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
-        self.image_to_video = image_to_video
         self.cond_aug = cond_aug or LogNormalCondAug()
-        self.sampler_cfg = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig(**(sampler or {}))
         self.sample_dir, self.sample_fps = sample_dir, sample_fps
-        self.uncond_text = uncond_text  # guidance's text branch: "zero" (SGM training) or "empty" prompt (SD 2.x)
         self.set_trainable(trainable)
-        self.model_ema = EMA(network, ema_decay) if ema_decay else None
+        self.model_ema = EMA(self.network, ema_decay) if ema_decay else None
 
     @property
     def network(self) -> UNet:
-        return self.model.diffusion_model
+        return self.diffusion.network
+
+    @property
+    def first_stage_model(self) -> nn.Module:
+        return self.diffusion.first_stage_model
+
+    @property
+    def conditioner(self) -> Conditioner:
+        return self.diffusion.conditioner
+
+    @property
+    def image_to_video(self) -> bool:
+        return self.diffusion.image_to_video
 
     def set_trainable(self, which: str) -> None:
         """``all``: every network weight trains; ``temporal``: only what inflation added trains —
@@ -101,10 +96,15 @@ class DiffusionModule(pl.LightningModule):
             new = name in temporal or name.startswith(("label_emb.", "input_blocks.0.0."))
             p.requires_grad_(which == "all" or new)
 
-    def train(self, mode: bool = True) -> "DiffusionModule":
-        super().train(mode)
-        self.first_stage_model.eval()
-        return self
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = module_keys(checkpoint["state_dict"])
+
+    def load_checkpoint_weights(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any:
+        """Load a Lightning checkpoint's ``state_dict`` (the model's keys and ``model_ema.*``)."""
+        return self.load_state_dict(module_keys(state_dict), strict=strict)
 
     # ---------------------------------------------------------------- data -> loss
     @staticmethod
@@ -148,15 +148,16 @@ class DiffusionModule(pl.LightningModule):
         return view(inputs, dropout=self.training, generator=generator)
 
     def _scaled(self, z: torch.Tensor) -> torch.Tensor:
-        if self.scale_factor <= 0:
-            if not self.scale_by_std:
-                raise ValueError("scale_factor must be positive")
+        """``z`` in the model's latent space; a ``scale_by_std`` model measures its scale on the first batch
+        (LDM: 1 / std of the latents, rank 0's on every rank)."""
+        scale_factor = self.diffusion.scale_factor
+        if self.diffusion.scale_by_std and not scale_factor > 0:
             scale = torch.tensor(1.0 / z.float().flatten().std().item(), device=z.device)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.broadcast(scale, src=0)  # one scale on every rank: rank 0's first batch
-            self.scale_factor.fill_(scale.item())
-            log.info("scale_factor set to %.5f (1 / std of the first batch's latents)", self.scale_factor.item())
-        return z * self.scale_factor
+                torch.distributed.broadcast(scale, src=0)
+            scale_factor.fill_(scale.item())
+            log.info("scale_factor set to %.5f (1 / std of the first batch's latents)", scale_factor.item())
+        return self.diffusion.scaled(z)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -184,20 +185,17 @@ class DiffusionModule(pl.LightningModule):
         extra = {"num_frames": t}
         if self.network.config.video:
             extra["image_only_indicator"] = torch.zeros(b, t, device=z.device)
-        pred = self.denoiser(self.model, noised, sigma, cond, **extra)
+        pred = self.diffusion.denoiser(self.diffusion.model, noised, sigma, cond, **extra)
         per_sample = ((pred.float() - z.float()) ** 2).mean(dim=(1, 2, 3))
         return (self.loss_weighting(sigma) * per_sample).mean()
 
     def on_fit_start(self) -> None:
         """Refuse latents cached with other weights than this module's first stage / embedders."""
         expected = getattr(getattr(self.trainer, "datamodule", None), "cache_fingerprint", None)
-        if expected:
-            from vldm.data.latent_dataset import fingerprint
-
-            if fingerprint(self) != expected:
-                raise ValueError("the latent cache was made with another autoencoder or conditioner than this "
-                                 "stage's; re-run `python -m vldm.jobs.latent_cache` with this stage's config "
-                                 "(or set data.check_fingerprint=false)")
+        if expected and fingerprint(self.diffusion) != expected:
+            raise ValueError("the latent cache was made with another autoencoder or conditioner than this "
+                             "stage's; re-run `python -m vldm.jobs.latent_cache` with this stage's config "
+                             "(or set data.check_fingerprint=false)")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch)
@@ -242,8 +240,7 @@ class DiffusionModule(pl.LightningModule):
     # ---------------------------------------------------------------- sampling
     def sampler(self, use_ema: bool = True) -> LatentDiffusionSampler:
         network = self.model_ema.shadow if use_ema and self.model_ema is not None else self.network
-        return LatentDiffusionSampler(network, self.denoiser, self.conditioner, self.first_stage_model,
-                                      float(self.scale_factor), uncond_text=self.uncond_text)
+        return LatentDiffusionSampler.from_model(self.diffusion, network)
 
     @torch.no_grad()
     def generate(self, batch: dict, seed: int = 0) -> torch.Tensor:
@@ -253,8 +250,8 @@ class DiffusionModule(pl.LightningModule):
         sampler = self.sampler()
         if self.image_to_video:
             return sampler.image_to_video(first, num_frames, batch["fps_id"], batch["motion_bucket_id"],
-                                          cond_aug=0.02, cfg=self.sampler_cfg, seed=seed)
-        images = sampler.text_to_image(list(batch["txt"]), first.shape[-2], first.shape[-1], self.sampler_cfg, seed)
+                                          cond_aug=0.02, cfg=self.diffusion.sampler_cfg, seed=seed)
+        images = sampler.text_to_image(list(batch["txt"]), first.shape[-2], first.shape[-1], self.diffusion.sampler_cfg, seed)
         return images[:, None]
 
     @torch.no_grad()

@@ -48,16 +48,26 @@ class StageResult:
     seconds: float
 
 
+def stage_module(cfg: DictConfig, **kwargs: Any) -> pl.LightningModule:
+    """The stage's LightningModule (``cfg.model.module``), fresh: a diffusion stage's wraps a new
+    model built from ``cfg.model.diffusion``; nothing is loaded."""
+    if cfg.stage.kind == "autoencoder":
+        return instantiate(cfg.model.module, **kwargs, _convert_="object")
+    from vldm.checkpoints.load import build_model
+
+    return instantiate(cfg.model.module, model=build_model(cfg.model), **kwargs, _convert_="object")
+
+
 def build_module(cfg: DictConfig, run_dir: Path) -> pl.LightningModule:
     """Instantiate the stage's LightningModule and load what it starts from."""
-    from vldm.training.init_from import init_from, load_first_stage
+    from vldm.checkpoints.stage_weights import load_first_stage
+    from vldm.training.init_from import init_from
 
     if cfg.stage.kind == "autoencoder":
-        return instantiate(cfg.model.module, _convert_="object")
-    module = instantiate(cfg.model.module, trainable=cfg.stage.trainable, sample_dir=str(run_dir / "samples"),
-                         _convert_="object")
+        return stage_module(cfg)
+    module = stage_module(cfg, trainable=cfg.stage.trainable, sample_dir=str(run_dir / "samples"))
     if cfg.model.get("first_stage_weights"):
-        load_first_stage(module, cfg.model.first_stage_weights)
+        load_first_stage(module.diffusion, cfg.model.first_stage_weights)
     if cfg.stage.get("init_from"):
         init_from(module, cfg.stage.init_from, cfg.stage.get("init_mode", "full"))
     return module
@@ -135,7 +145,7 @@ def _export_weights(trainer: pl.Trainer, module: pl.LightningModule, path: Path,
     state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:  # the same selection as vldm.checkpoints.export.export_state, on a dict
         ema = "model_ema.shadow."
-        weights = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
+        weights = {k.removeprefix("diffusion."): v for k, v in state.items() if not k.startswith("model_ema.")}
         weights.update({"model.diffusion_model." + k[len(ema):]: v for k, v in state.items() if k.startswith(ema)})
         save_safetensors(weights, path, {k: str(v) for k, v in metadata.items()})
     return path

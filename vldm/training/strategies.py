@@ -75,7 +75,7 @@ def block_units(root: nn.Module, include_unet: bool = True) -> list[nn.Module]:
             units += unet_blocks(module)
         elif not include_unet:
             log.warning("UNet blocks are not callable modules: no activation checkpointing by block; set "
-                        "model.module.network.gradient_checkpointing=true to recompute inside the UNet instead")
+                        "model.diffusion.network.gradient_checkpointing=true to recompute inside the UNet instead")
     return units
 
 

@@ -1,4 +1,4 @@
-"""Lightning data module over webdataset shards (video clips or still images)."""
+"""Lightning data modules over webdataset shards: video clips or still images, and their cached latents."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from vldm.data.frames import FrameWindow, frame_size
+from vldm.data.latent_dataset import LatentClipDataset, read_manifest
 from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset
 from vldm.io.tar_shards import resolve_shards
 
@@ -126,3 +127,53 @@ class ShardDataModule(pl.LightningDataModule):
     def num_skipped(self) -> int:
         """Samples skipped so far by every dataset this module created (workers included)."""
         return sum(d.num_skipped for d in self._datasets)
+
+
+class LatentDataModule(ShardDataModule):
+    """:class:`ShardDataModule` over latent shards (``kind`` is ``latent``).
+
+    ``cache_fingerprint`` (from the cache's manifest) names the autoencoder and cached embedders
+    the latents came from; the diffusion module refuses to train on a cache of other weights
+    (``check_fingerprint=False`` turns that off). Other keyword options (e.g. a resume mode) go to
+    :class:`ShardDataModule` unchanged.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        num_frames: int | None = None,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        filter: dict[str, Any] | None = None,  # noqa: A002
+        val_samples: int = 8,
+        check_fingerprint: bool = True,
+        kind: str = "latent",
+        **options: Any,
+    ) -> None:
+        if kind != "latent":
+            raise ValueError(f"LatentDataModule reads latent shards (kind 'latent'), got kind {kind!r}")
+        # size=1: unused, cached latents keep the size they were encoded at
+        super().__init__(train_shards, val_shards, kind="video", batch_size=batch_size, num_workers=num_workers,
+                         num_frames=num_frames or 0, size=1, shuffle_buffer=shuffle_buffer, seed=seed,
+                         filter=filter, val_samples=val_samples, **options)
+        self.kind = "latent"
+        self.num_frames = num_frames
+        self.check_fingerprint = check_fingerprint
+        self.manifest: dict[str, Any] | None = None
+
+    @property
+    def cache_fingerprint(self) -> str | None:
+        if not self.check_fingerprint:
+            return None
+        if self.manifest is None:
+            self.manifest = read_manifest(resolve_shards(self.train_shards))
+        return None if self.manifest is None else self.manifest.get("fingerprint")
+
+    def _make(self, shards: list[str], **kw: Any) -> ShardDataset:
+        kw.pop("size", None)
+        dataset = LatentClipDataset(shards=shards, num_frames=self.num_frames, seed=self.seed, filter=self.filter, **kw)
+        self._datasets.append(dataset)
+        return dataset
