@@ -238,15 +238,3 @@ def test_cache_takes_one_strided_window_and_records_it(tmp_path: Path, module) -
     torch.testing.assert_close(tensors["latents"], expected["latents"][0])
     with pytest.raises(ValueError, match="one window per clip"):
         cache_latents(module, [str(shard)], tmp_path / "other", num_frames=4, size=16, frame_stride=[1, 2])
-
-
-def test_cuda_means_the_task_local_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vldm.jobs.latent_cache import task_device
-
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.delenv("SLURM_LOCALID", raising=False)
-    assert task_device("cuda") == "cuda" and task_device("cpu") == "cpu"
-    monkeypatch.setenv("SLURM_LOCALID", "5")
-    assert task_device("cuda") == "cuda:5" and task_device("cuda:1") == "cuda:1" and task_device("cpu") == "cpu"
-    monkeypatch.setenv("LOCAL_RANK", "2")
-    assert task_device("cuda") == "cuda:2"

@@ -45,6 +45,7 @@ from vldm.data.frames import size_record
 from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST, cached_embedders, fingerprint
 from vldm.data.shards import VideoClipDataset
 from vldm.io.tar_shards import add_tar_member, resolve_shards
+from vldm.utils.distributed import task_device
 from vldm.video.pixels import to_uint8
 
 log = logging.getLogger(__name__)
@@ -241,15 +242,6 @@ def build_stage_module(overrides: list[str], config_dir: str | None = None):
         cfg = compose("train", overrides=overrides)
     pl.seed_everything(cfg.seed, workers=True)
     return cfg, build_module(cfg, Path(cfg.paths.output_dir))
-
-
-def task_device(device: str) -> str:
-    """``cuda`` means this task's GPU under srun or torchrun (``SLURM_LOCALID`` / ``LOCAL_RANK``), so that
-    eight tasks on a node use eight GPUs; anything else (``cpu``, ``cuda:3``) is kept."""
-    if device != "cuda":
-        return device
-    local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID"))
-    return "cuda" if local is None else f"cuda:{int(local)}"
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

@@ -26,11 +26,11 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.utilities import rank_zero_only
 
 from vldm.checkpoints.export import export_safetensors
 from vldm.io.safe_load import save_safetensors
 from vldm.training.data_state import DataPosition, StepSeed
+from vldm.utils.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,9 @@ def build_module(cfg: DictConfig, run_dir: Path) -> pl.LightningModule:
 
 
 def launch_rank_is_zero() -> bool:
-    """Whether this process is global rank 0, known before the Trainer exists: from ``RANK`` /
-    ``SLURM_PROCID`` when set, else ``LOCAL_RANK`` (set by Lightning for the processes it starts)
-    on node ``NODE_RANK`` 0."""
-    if "RANK" in os.environ or "SLURM_PROCID" in os.environ:
-        return rank_zero_only.rank == 0
-    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    """Whether this process is global rank 0, known before the Trainer exists (so from the launcher's
+    environment, :func:`vldm.utils.distributed.is_global_zero`; afterwards ``trainer.is_global_zero``)."""
+    return is_global_zero()
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:
