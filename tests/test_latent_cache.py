@@ -238,3 +238,20 @@ def test_cache_takes_one_strided_window_and_records_it(tmp_path: Path, module) -
     torch.testing.assert_close(tensors["latents"], expected["latents"][0])
     with pytest.raises(ValueError, match="one window per clip"):
         cache_latents(module, [str(shard)], tmp_path / "other", num_frames=4, size=16, frame_stride=[1, 2])
+
+
+def test_rank_and_world_default_to_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vldm.jobs.latent_cache import parse_args
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    args, _ = parse_args([])
+    assert (args.rank, args.world) == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    args, _ = parse_args([])
+    assert (args.rank, args.world) == (2, 4)  # srun
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    args, overrides = parse_args(["--rank", "1", "stage=video"])
+    assert (args.rank, args.world, overrides) == (1, 8, ["stage=video"])  # torchrun; --rank wins

@@ -45,7 +45,7 @@ from vldm.data.frames import size_record
 from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST, cached_embedders, fingerprint
 from vldm.data.shards import VideoClipDataset
 from vldm.io.tar_shards import add_tar_member, resolve_shards
-from vldm.utils.distributed import task_device
+from vldm.utils.distributed import global_rank, task_device, world_size
 from vldm.video.pixels import to_uint8
 
 log = logging.getLogger(__name__)
@@ -254,8 +254,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--store", default="posterior", choices=STORES)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype of the latents")
     p.add_argument("--device", default="cpu", help="cpu, cuda (this task's local GPU under srun/torchrun) or cuda:N")
-    p.add_argument("--rank", type=int, default=int(os.environ.get("SLURM_PROCID", 0)))
-    p.add_argument("--world", type=int, default=int(os.environ.get("SLURM_NTASKS", 1)))
+    p.add_argument("--rank", type=int, default=global_rank() or 0, help="this task's share (RANK / SLURM_PROCID)")
+    p.add_argument("--world", type=int, default=world_size(), help="tasks sharing the work (WORLD_SIZE / SLURM_NTASKS)")
     p.add_argument("--config-dir", default=None, help=argparse.SUPPRESS)
     return p.parse_known_args(argv)
 
