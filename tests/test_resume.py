@@ -189,4 +189,6 @@ def test_auto_resume_takes_the_newest_of_last_and_the_slurm_handler_checkpoint(t
     hpc.write_bytes(b"x")
     os.utime(last, (time.time() - 60, time.time() - 60))
     assert find_resume_checkpoint(tmp_path, "auto") == hpc
+    os.utime(last, ns=(hpc.stat().st_mtime_ns,) * 2)  # the same write time: the requeue checkpoint
+    assert find_resume_checkpoint(tmp_path, "auto") == hpc
     assert find_resume_checkpoint(tmp_path, "never") is None

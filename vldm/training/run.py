@@ -29,6 +29,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from vldm.checkpoints.export import export_safetensors
 from vldm.io.safe_load import save_safetensors
+from vldm.training.cluster import latest_checkpoint
 from vldm.training.data_state import DataPosition, StepSeed
 from vldm.utils.distributed import is_global_zero
 
@@ -104,14 +105,13 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> lis
 
 
 def find_resume_checkpoint(run_dir: Path, resume: bool | str) -> Path | None:
-    """``auto``: the newest of ``checkpoints/last.ckpt`` and the ``hpc_ckpt_*.ckpt`` Lightning's
-    SLURM requeue handler writes into the run directory (None if neither exists)."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    """``auto``: :func:`~vldm.training.cluster.latest_checkpoint` of the run directory (the newest of
+    ``checkpoints/last.ckpt`` and Lightning's SLURM requeue checkpoints; None if neither exists);
+    ``never``: None; else the path given."""
     if resume in (False, "never", None):
         return None
     if resume in (True, "auto"):
-        found = [p for p in [last, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+        return latest_checkpoint(run_dir)
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
