@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from vldm.checkpoints.export import export_safetensors
+from vldm.checkpoints.export import export_metadata, export_safetensors, export_state_dict
 from vldm.io.safe_load import save_safetensors
 from vldm.training.cluster import latest_checkpoint
 from vldm.training.data_state import DataPosition, StepSeed
@@ -130,11 +130,8 @@ def _export_weights(trainer: pl.Trainer, module: pl.LightningModule, path: Path,
     if not isinstance(trainer.strategy, FSDPStrategy):
         return export_safetensors(module, path, metadata=metadata) if trainer.is_global_zero else path
     state = trainer.strategy.lightning_module_state_dict()
-    if trainer.is_global_zero:  # the same selection as vldm.checkpoints.export.export_state, on a dict
-        ema = "model_ema.shadow."
-        weights = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
-        weights.update({"model.diffusion_model." + k[len(ema):]: v for k, v in state.items() if k.startswith(ema)})
-        save_safetensors(weights, path, {k: str(v) for k, v in metadata.items()})
+    if trainer.is_global_zero:
+        save_safetensors(export_state_dict(state), path, export_metadata(metadata))
     return path
 
 
