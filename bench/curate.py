@@ -115,12 +115,12 @@ def make_videos(root: Path, count: int, seconds: float, size: int, fps: int, gra
 # ------------------------------------------------------------------------------------------ stages
 
 def _compose(input_dir: Path, output_dir: Path, workers: int, overrides: list[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose("curate", overrides=[f"input={input_dir}", f"output={output_dir}", "engine=local",
-                                           f"engine.workers={workers}", "progress=false", *overrides])
+    from data_curation.config import compose_curate
+
+    cfg = compose_curate([f"input={input_dir}", f"output={output_dir}", "engine=local", f"engine.workers={workers}",
+                          "progress=false", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
