@@ -73,7 +73,7 @@ def _assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
 
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path: Path, toy_root: Path) -> None:
-    """Acceptance 3: run B is SIGKILLed once its step-4 checkpoint exists and restarted; it resumes
+    """Run B is SIGKILLed once its step-4 checkpoint exists and restarted; it resumes
     at the step of ``last.ckpt`` with that optimizer and EMA state, continues the data stream and
     the wandb run, and ends bit-identical to run A, trained without interruption."""
     probe = tmp_path / "probe"
