@@ -25,7 +25,7 @@ own: CUDA ``max_memory_allocated`` during the run; CPU the peak resident set (``
 before the run) with large allocations mmap-ed so that freed memory leaves the resident set;
 "peak - start" is what the run added to the weights and runtime already resident. Results: a table
 with ours/diffusers ratios, and ``bench/results/sample-<device>.json``. On a busy 2-core machine
-``--threads 1`` avoids OpenMP threads waiting on a descheduled sibling (10x slowdowns seen).
+``--threads 1`` avoids OpenMP threads waiting on a descheduled sibling (many-fold slowdowns on a busy machine).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Timing: the cases of a part are built in one process and run in turn, ``--rounds
 ``--steps`` steps (order reversed every other round), after ``--warmup`` steps each; a case's speed is
 its fastest round, a ratio the median of the per-round ratios (a shared machine's drifts hit both
 alike). On CPU one thread by default (``--threads``): on a busy machine OpenMP threads waiting for a
-descheduled sibling slow single rounds 10-20x, which a per-thread comparison avoids.
+descheduled sibling slow single rounds many-fold (docs/benchmarks.md), which a per-thread comparison avoids.
 Memory (part a): each tool in its own process — CUDA ``max_memory_allocated``; CPU the peak
 resident set (``VmHWM``, reset after the warm-up) with allocations >= 64 KiB mmap-ed so that the
 resident set follows live tensors. Results: tables and ``bench/results/train_step-<device>.json``.

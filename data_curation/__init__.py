@@ -1,5 +1,5 @@
 """Video dataset curation (cut detection, motion, text and CLIP scores, filtering into shards).
 
-The scorers and the pipeline arrive with issue #4; the shared motion score already lives in
-:mod:`vldm.video.motion`.
+``python -m data_curation input=DIR output=DIR`` runs :func:`data_curation.pipeline.curate` (see
+docs/curation.md); the motion scorer uses the optical-flow score of :mod:`vldm.video.motion`.
 """

@@ -4,14 +4,11 @@ Options are those of ``configs/curate.yaml`` (e.g. ``engine=ray``, ``engine.work
 ``filters.text.max=0.05``, ``shards.short_side=256``); rerunning the same command resumes.
 """
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
+from data_curation.config import CONFIG_DIR, register
 from data_curation.pipeline import curate
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="curate")
@@ -20,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register()
     main()

@@ -5,11 +5,9 @@ default); cut detection, motion, text and CLIP scores all read those frames, as 
 stages of the SVD paper (Blattmann et al. 2023, Sec. 3 / App. E) need no more than that. The
 write phase decodes only the kept spans again, at the output size.
 
-decord resizes inside the decoder (cheapest); PyAV is the fallback. Frames are never upscaled:
-a ``short_side`` at or above the source's keeps the source size. Measured on a 10 s, 24 fps,
-480x854 H.264 clip (240 frames; 2 cores shared with other jobs, so best-median ranges): decord
-at short side 128 0.16-0.24 s (1 thread; 0.13-0.18 s with 2), decord at full size 0.35-0.42 s,
-PyAV at 128 0.25-0.9 s, PyAV at full size 0.27-1.06 s; probing 0.006-0.01 s.
+decord resizes inside the decoder (the cheapest way; ``python -m bench.decode`` times both readers,
+docs/benchmarks.md); PyAV is the fallback. Frames are never upscaled: a ``short_side`` at or above
+the source's keeps the source size.
 
 Known decord quirk: for a few output widths (8, 12, 16, 24, 48, 72 px seen) its in-decoder resize
 fails a buffer-size check; then the frames are decoded at the source size and resized with OpenCV

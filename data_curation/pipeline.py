@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from data_curation.config import check_sections
 from data_curation.engines import WorkerDied, make_engine
 from data_curation.filters import apply_filters, filter_specs
 from data_curation.manifest import write_manifest
@@ -235,6 +236,7 @@ def curate(cfg: Any, notify: Callable[[str], None] = print) -> CurationResult:
     unknown = sorted(set(cfg) - CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown curation config keys {unknown}; known: {sorted(CONFIG_KEYS)}")
+    check_sections(cfg)
     for key in ("input", "output"):
         if cfg.get(key) in (None, "", "???"):
             raise ValueError(f"set {key}=DIR (python -m data_curation input=RAW_DIR output=RUN_DIR)")

@@ -118,6 +118,21 @@ def test_latest_checkpoint_prefers_the_newer_requeue_checkpoint(tmp_path: Path) 
     assert [p.name for p in cluster.hpc_checkpoints(tmp_path)] == ["hpc_ckpt_10.ckpt"]
 
 
+def test_latest_checkpoint_at_equal_write_times_takes_the_highest_requeue_version(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    for path in (last, tmp_path / "hpc_ckpt_1.ckpt"):
+        path.write_bytes(b"x")
+        os.utime(path, ns=(10**18,) * 2)
+    assert cluster.latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"  # written on the signal, after last
+    for name in ("hpc_ckpt_10.ckpt", "hpc_ckpt_2.ckpt"):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, ns=(10**18,) * 2)
+    assert cluster.latest_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_10.ckpt"  # by version, not by name
+    os.utime(last, ns=(10**18 + 1,) * 2)  # one nanosecond later is later
+    assert cluster.latest_checkpoint(tmp_path) == last
+
+
 def test_prune_callback_keeps_the_resumed_checkpoint_and_spares_foreign_resumes(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

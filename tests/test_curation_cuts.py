@@ -35,8 +35,8 @@ def _score(detected: list[Transition], cuts: list[int]) -> tuple[int, int]:
     return len(used), len(detected) - len(used)
 
 
-def test_cut_acceptance_on_toy_clips_and_raw_videos(tmp_path) -> None:
-    """Issue #4 acceptance: >= 95% of hard cuts within +-2 frames, <= 5% false cuts."""
+def test_cuts_found_within_two_frames_on_toy_clips_and_raw_videos(tmp_path) -> None:
+    """At least 95% of hard cuts found within +-2 frames, at most 5% false cuts."""
     cfg = CutDetectorConfig()
     n_cuts = found = false = detections = n_cut_clips = 0
     for size in (32, 64):

@@ -12,20 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from data_curation.config import compose_curate
 from data_curation.manifest import read_manifest
 from data_curation.pipeline import curate, list_inputs
 from data_curation.records import Clip, video_id
 from data_curation.synthetic import BAD_FILES, write_raw_toy_videos
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO / "configs")
-
-
-def compose_curate(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("curate", overrides=overrides)
 
 
 def tar_samples(shard_dir: Path) -> dict[str, dict[str, Any]]:
@@ -226,6 +219,37 @@ def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "data_curation", f"input={tmp_path}", f"output={tmp_path / 'o'}",
                            "filters.text.maxx=1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "filters.text.maxx" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_dataclass_sections_take_the_dataclass_defaults_and_refuse_mistyped_keys(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from hydra.errors import ConfigCompositionException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from data_curation.config import section
+    from data_curation.cuts import CutDetectorConfig
+    from data_curation.shard_writer import OutputConfig
+
+    cfg = compose_curate(["input=a", "output=b", "cuts.cut_threshold=0.5"])
+    assert instantiate(cfg.cuts) == CutDetectorConfig(cut_threshold=0.5)
+    assert OmegaConf.to_container(cfg.shards) == asdict(OutputConfig())
+    assert compose_curate(["input=a", "output=b", "cuts=null", "prefilter=null"]).cuts is None
+    for override, message in [("cuts.cut_treshold=0.5", "Key 'cut_treshold' not in 'CutDetectorConfig'"),
+                              ("cuts.step=four", "could not be converted to Integer")]:
+        with pytest.raises(ConfigCompositionException) as err:
+            compose_curate(["input=a", "output=b", override])
+        assert message in str(err.value.__cause__)
+    with pytest.raises(Exception, match="Key 'cut_treshold' not in 'CutDetectorConfig'"):  # a yaml setting it
+        OmegaConf.merge(section(CutDetectorConfig, target=True), {"cut_treshold": 0.5})
+    cfg = compose_curate([f"input={tmp_path}", f"output={tmp_path / 'o'}", "+cuts.cut_treshold=0.5"])  # `+` adds it
+    with pytest.raises(ValueError, match=r"unknown cuts keys \['cut_treshold'\]: CutDetectorConfig"):
+        curate(cfg)
+    proc = subprocess.run([sys.executable, "-m", "data_curation", f"input={tmp_path}", f"output={tmp_path / 'o'}",
+                           "cuts.cut_treshold=0.5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "cut_treshold" in proc.stderr and "CutDetectorConfig" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 

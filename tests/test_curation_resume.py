@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from data_curation.config import compose_curate
 from data_curation.manifest import read_manifest
 from data_curation.pipeline import curate
 from data_curation.records import Clip
 from data_curation.synthetic import write_raw_toy_videos
-from tests.test_curation_pipeline import REPO, compose_curate, tar_samples
+from tests.test_curation_pipeline import REPO, tar_samples
 
 
 class SlowScorer:

@@ -74,7 +74,7 @@ def smoke_video_args(root: Path, toy: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_process_ddp_sees_different_samples_and_keeps_weights_in_sync(tmp_path: Path, toy_root: Path) -> None:
-    """Acceptance 1: 2 ranks x 3 steps with gloo, launched like a user would (Lightning starts rank 1)."""
+    """2 ranks x 3 steps with gloo, launched like a user would (Lightning starts rank 1)."""
     probe = tmp_path / "probe"
     args = smoke_video_args(tmp_path, toy_root, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                             "trainer.precision=32-true", "stage.max_steps=3", "stage.checkpoint_every=3",

@@ -9,8 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vldm.evaluation.checkpoints import (CheckpointRef, checkpoint_state, ema_weights, load_checkpoint,
-                                         resolve_checkpoints)
+from vldm.evaluation.checkpoints import CheckpointRef, checkpoint_state, load_checkpoint, resolve_checkpoints
 
 STAGES = ["autoencoder", "image", "video", "hq"]
 
@@ -110,16 +109,6 @@ def test_clear_errors(fake_run: Path, tmp_path: Path) -> None:
     assert [r.name for r in resolve_checkpoints(str(unfinished / "video"), every="all")] == ["video @2"]
     with pytest.raises(ValueError, match="every must be"):
         resolve_checkpoints(str(fake_run), every="some")
-
-
-def test_ema_weights_replace_the_network() -> None:
-    live, ema, other = torch.zeros(2), torch.ones(2), torch.full((3,), 5.0)
-    state = {"model.diffusion_model.w": live, "model_ema.shadow.w": ema, "model_ema.num_updates": torch.tensor(3),
-             "first_stage_model.x": other}
-    out = ema_weights(state)
-    assert set(out) == {"model.diffusion_model.w", "first_stage_model.x"}
-    assert torch.equal(out["model.diffusion_model.w"], ema) and torch.equal(out["first_stage_model.x"], other)
-    assert ema_weights({"model.diffusion_model.w": live})["model.diffusion_model.w"] is live  # no EMA kept
 
 
 @pytest.fixture(scope="module")

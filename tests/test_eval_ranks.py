@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vldm.evaluation.frechet import FeatureStats, frechet_from_stats
-from vldm.evaluation.ranks import all_gather_object_list, all_reduce_stats, rank_world, shard_indices
+from vldm.evaluation.ranks import all_gather_object_list, all_reduce_stats, shard_indices
+from vldm.utils.distributed import process_group_rank_world
 
 N, DIM = 37, 6  # odd on purpose: the ranks' shares differ in size
 
@@ -37,7 +38,7 @@ def test_shard_indices_rejects_bad_rank() -> None:
 
 def test_single_process_helpers_are_identities() -> None:
     gen, _, _ = _data()
-    assert rank_world() == (0, 1)
+    assert process_group_rank_world() == (0, 1)
     assert all_gather_object_list([1, "a"]) == [1, "a"]
     stats = FeatureStats.from_features(gen)
     reduced = all_reduce_stats(stats)
@@ -61,7 +62,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         gen, ref, per_video = _data()
         mine = shard_indices(N, rank, world)
-        assert rank_world() == (rank, world)
+        assert process_group_rank_world() == (rank, world)
         stats = all_reduce_stats(FeatureStats.from_features(gen[mine]))
         order, gathered = gather_per_video(mine, {"score": per_video[mine]})
         objects = all_gather_object_list([f"rank{rank}-{i}" for i in mine])

@@ -240,13 +240,18 @@ def test_cache_takes_one_strided_window_and_records_it(tmp_path: Path, module) -
         cache_latents(module, [str(shard)], tmp_path / "other", num_frames=4, size=16, frame_stride=[1, 2])
 
 
-def test_cuda_means_the_task_local_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vldm.jobs.latent_cache import task_device
+def test_rank_and_world_default_to_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vldm.jobs.latent_cache import parse_args
 
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.delenv("SLURM_LOCALID", raising=False)
-    assert task_device("cuda") == "cuda" and task_device("cpu") == "cpu"
-    monkeypatch.setenv("SLURM_LOCALID", "5")
-    assert task_device("cuda") == "cuda:5" and task_device("cuda:1") == "cuda:1" and task_device("cpu") == "cpu"
-    monkeypatch.setenv("LOCAL_RANK", "2")
-    assert task_device("cuda") == "cuda:2"
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    args, _ = parse_args([])
+    assert (args.rank, args.world) == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    args, _ = parse_args([])
+    assert (args.rank, args.world) == (2, 4)  # srun
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    args, overrides = parse_args(["--rank", "1", "stage=video"])
+    assert (args.rank, args.world, overrides) == (1, 8, ["stage=video"])  # torchrun; --rank wins

@@ -73,7 +73,7 @@ def _assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
 
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path: Path, toy_root: Path) -> None:
-    """Acceptance 3: run B is SIGKILLed once its step-4 checkpoint exists and restarted; it resumes
+    """Run B is SIGKILLed once its step-4 checkpoint exists and restarted; it resumes
     at the step of ``last.ckpt`` with that optimizer and EMA state, continues the data stream and
     the wandb run, and ends bit-identical to run A, trained without interruption."""
     probe = tmp_path / "probe"
@@ -188,5 +188,7 @@ def test_auto_resume_takes_the_newest_of_last_and_the_slurm_handler_checkpoint(t
     assert find_resume_checkpoint(tmp_path, "auto") == last
     hpc.write_bytes(b"x")
     os.utime(last, (time.time() - 60, time.time() - 60))
+    assert find_resume_checkpoint(tmp_path, "auto") == hpc
+    os.utime(last, ns=(hpc.stat().st_mtime_ns,) * 2)  # the same write time: the requeue checkpoint
     assert find_resume_checkpoint(tmp_path, "auto") == hpc
     assert find_resume_checkpoint(tmp_path, "never") is None

@@ -14,9 +14,8 @@ logo present in any of them flags the clip, which is the paper's "text area" int
 Small frames are upscaled so the detector sees a short side of at least ``min_side`` px: the toy
 generator's words are found reliably from 32 px frames once upscaled to >= 96 px (at a 32 px
 detector input some are missed; 64 px misses a few single-frame checks; above ~192 px the
-detector starts to call the toy's plain shapes text), hence the default 128.
-Cost on one core, PP-OCRv4 det at the frame's own size: ~3 ms per 128 px frame, ~10 ms per 256 px
-frame (measured on the project machine).
+detector starts to call the toy's plain shapes text), hence the default 128. Its cost per clip is
+in docs/benchmarks.md (``python -m bench.curate``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ The EMA weights (when kept) replace ``model.diffusion_model.*``; the EMA copy it
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -13,19 +14,33 @@ from torch import nn
 
 from vldm.io.safe_load import save_safetensors
 
+UNET_PREFIX = "model.diffusion_model."
+MODEL_PREFIX = "diffusion."  # a training module holds its model as ``diffusion``
+EMA_PREFIX = "model_ema."
+EMA_SHADOW_PREFIX = "model_ema.shadow."
+
+
+def export_state_dict(state: Mapping[str, torch.Tensor], use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """A module's state dict in the export layout: the model's keys (without a training module's
+    ``diffusion.``), ``model_ema.shadow.*`` (when kept and ``use_ema``) replacing
+    ``model.diffusion_model.*``, every ``model_ema.*`` entry dropped."""
+    weights = {k.removeprefix(MODEL_PREFIX): v for k, v in state.items() if not k.startswith(EMA_PREFIX)}
+    if use_ema:
+        weights.update({UNET_PREFIX + k[len(EMA_SHADOW_PREFIX):]: v for k, v in state.items()
+                        if k.startswith(EMA_SHADOW_PREFIX)})
+    return weights
+
 
 def export_state(module: nn.Module, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """The model's state dict (a training module's ``diffusion``), its UNet replaced by the EMA copy."""
-    model = getattr(module, "diffusion", module)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("model_ema.")}
-    ema = getattr(module, "model_ema", None)
-    if use_ema and ema is not None:
-        for name, value in ema.shadow.state_dict().items():
-            state[f"model.diffusion_model.{name}"] = value
-    return state
+    """:func:`export_state_dict` of ``module.state_dict()``."""
+    return export_state_dict(module.state_dict(), use_ema)
+
+
+def export_metadata(metadata: Mapping | None) -> dict[str, str]:
+    """safetensors metadata: strings kept, anything else as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
 
 
 def export_safetensors(module: nn.Module, path: str | Path, metadata: dict | None = None,
                        use_ema: bool = True) -> Path:
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    return save_safetensors(export_state(module, use_ema), path, meta)
+    return save_safetensors(export_state(module, use_ema), path, export_metadata(metadata))

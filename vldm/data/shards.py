@@ -44,6 +44,7 @@ from vldm.data.frames import FrameWindow, frame_size, resize_center_crop
 from vldm.video.pixels import frames_to_tensor
 from vldm.io.tar_shards import iter_tar_samples, resolve_shards
 from vldm.io.video_io import VideoDecodeError, read_video
+from vldm.utils.distributed import process_group_rank_world
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ RESUME_MODES = ("shard", "exact")
 
 def _rank_world() -> tuple[int, int]:
     """Global (rank, world) over DDP processes x DataLoader workers."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = process_group_rank_world()
     info = get_worker_info()
     if info is None:
         return rank, world

@@ -23,9 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 STAGE_ORDER: tuple[str, ...] = ("image", "video", "hq")
-UNET = "model.diffusion_model."
 FIRST_STAGE = "first_stage_model."
-EMA_SHADOW = "model_ema.shadow."
 _STEP_CKPT = re.compile(r"^step=(\d+)\.ckpt$")
 
 
@@ -208,23 +206,13 @@ def resolve_checkpoints(spec: str | Path | list[str | Path], every: str = "final
 
 
 # ---------------------------------------------------------------------------------------- loading
-def ema_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A Lightning checkpoint's state_dict in the export layout: the EMA copy (``model_ema.shadow.*``),
-    when kept, replaces ``model.diffusion_model.*``; other ``model_ema.*`` entries are dropped
-    (as :func:`vldm.checkpoints.export.export_state`)."""
-    out = {k: v for k, v in state.items() if not k.startswith("model_ema.")}
-    for k, v in state.items():
-        if k.startswith(EMA_SHADOW):
-            out[UNET + k[len(EMA_SHADOW):]] = v
-    return out
-
-
 def checkpoint_state(ref: CheckpointRef) -> dict[str, torch.Tensor]:
     """The weights of ``ref`` in the export layout (EMA weights for Lightning checkpoints)."""
+    from vldm.checkpoints.export import export_state_dict
     from vldm.io.safe_load import load_state_dict_file
 
     state = load_state_dict_file(ref.weights_path)
-    return ema_weights(state) if ref.weights_path.suffix == ".ckpt" else state
+    return export_state_dict(state) if ref.weights_path.suffix == ".ckpt" else state
 
 
 def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):

@@ -14,24 +14,20 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from vldm.utils import distributed
+from vldm.utils.distributed import process_group_initialized, process_group_rank_world
+
 T = TypeVar("T")
-
-
-def is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def rank_world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` outside a distributed run."""
-    if is_distributed():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def init_from_env() -> bool:
     """Join the process group a launcher (``torchrun``) describes when ``WORLD_SIZE`` > 1 and none is
-    initialised yet: NCCL on ``cuda:LOCAL_RANK`` when CUDA is available, else gloo. Returns whether it did."""
-    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    initialised yet: NCCL on ``cuda:LOCAL_RANK`` when CUDA is available, else gloo. Returns whether it did.
+
+    Only torchrun's ``WORLD_SIZE`` counts here (not :func:`vldm.utils.distributed.world_size`, which
+    falls back to ``SLURM_NTASKS``): the ``env://`` rendezvous also needs ``RANK`` and ``MASTER_ADDR``,
+    which srun does not set."""
+    if process_group_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
@@ -42,11 +38,12 @@ def init_from_env() -> bool:
 
 
 def local_rank() -> int:
-    """This process's rank on its machine (``LOCAL_RANK``; else the global rank modulo the GPU count)."""
-    if "LOCAL_RANK" in os.environ:
-        return int(os.environ["LOCAL_RANK"])
-    rank = rank_world()[0]
-    return rank % max(torch.cuda.device_count(), 1)
+    """This process's rank on its machine: the launcher's (:func:`vldm.utils.distributed.local_rank`), else,
+    for a process group started without one, the group rank modulo the GPU count."""
+    local = distributed.local_rank()
+    if local is not None:
+        return local
+    return process_group_rank_world()[0] % max(torch.cuda.device_count(), 1)
 
 
 def shard_indices(n: int, rank: int, world: int) -> list[int]:
@@ -64,13 +61,13 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
 
 
 def barrier() -> None:
-    if is_distributed():
+    if process_group_initialized():
         torch.distributed.barrier()
 
 
 def all_gather_object_list(items: list[T]) -> list[T]:
     """Every rank's ``items`` concatenated in rank order (pickled, any objects); ``items`` itself when alone."""
-    if not is_distributed():
+    if not process_group_initialized():
         return list(items)
     gathered: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, list(items))
@@ -79,7 +76,7 @@ def all_gather_object_list(items: list[T]) -> list[T]:
 
 def broadcast_object(obj: T, src: int = 0) -> T:
     """Rank ``src``'s ``obj`` on every rank."""
-    if not is_distributed():
+    if not process_group_initialized():
         return obj
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
@@ -101,7 +98,7 @@ def all_reduce_stats(stats):  # FeatureStats -> FeatureStats (typed loosely: fre
     n = int(stats.n)
     total = np.array(stats.sum, dtype=np.float64, copy=True)
     outer = np.array(stats.sum_outer, dtype=np.float64, copy=True)
-    if is_distributed():
+    if process_group_initialized():
         device = _reduce_device()
         flat = torch.from_numpy(np.concatenate([[float(n)], total.ravel(), outer.ravel()])).to(device)
         torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)

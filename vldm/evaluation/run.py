@@ -270,11 +270,12 @@ def score(suite: MetricSuite, refs: ReferenceCache, clips: Any, indices: list[in
 # ------------------------------------------------------------------------------------ the run
 def resolve_device(name: str) -> torch.device:
     """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N``; with several ranks, bare ``cuda`` is this rank's GPU."""
-    from vldm.evaluation.ranks import local_rank, rank_world
+    from vldm.evaluation.ranks import local_rank
     from vldm.sampling.run import resolve_device as sampling_device
+    from vldm.utils.distributed import process_group_rank_world
 
     device = sampling_device(str(name))
-    if device.type == "cuda" and device.index is None and rank_world()[1] > 1:
+    if device.type == "cuda" and device.index is None and process_group_rank_world()[1] > 1:
         device = torch.device("cuda", local_rank())
     return device
 
@@ -403,9 +404,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     from vldm.evaluation.checkpoints import resolve_checkpoints
     from vldm.evaluation.outputs import write_outputs
-    from vldm.evaluation.ranks import barrier, rank_world
+    from vldm.evaluation.ranks import barrier
+    from vldm.utils.distributed import process_group_rank_world
 
-    rank, world = rank_world()
+    rank, world = process_group_rank_world()
 
     def say(line: str) -> None:
         if rank == 0:

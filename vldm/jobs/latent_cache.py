@@ -45,6 +45,7 @@ from vldm.data.frames import size_record
 from vldm.data.latent_dataset import CACHED_PREFIX, LATENT_MEMBER, MANIFEST, cached_embedders, fingerprint
 from vldm.data.shards import VideoClipDataset
 from vldm.io.tar_shards import add_tar_member, resolve_shards
+from vldm.utils.distributed import global_rank, task_device, world_size
 from vldm.video.pixels import to_uint8
 
 log = logging.getLogger(__name__)
@@ -243,15 +244,6 @@ def build_stage_module(overrides: list[str], config_dir: str | None = None):
     return cfg, build_module(cfg, Path(cfg.paths.output_dir))
 
 
-def task_device(device: str) -> str:
-    """``cuda`` means this task's GPU under srun or torchrun (``SLURM_LOCALID`` / ``LOCAL_RANK``), so that
-    eight tasks on a node use eight GPUs; anything else (``cpu``, ``cuda:3``) is kept."""
-    if device != "cuda":
-        return device
-    local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID"))
-    return "cuda" if local is None else f"cuda:{int(local)}"
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="Other arguments are train.yaml overrides, e.g. stage=video paths.data_dir=...")
@@ -262,8 +254,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--store", default="posterior", choices=STORES)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="storage dtype of the latents")
     p.add_argument("--device", default="cpu", help="cpu, cuda (this task's local GPU under srun/torchrun) or cuda:N")
-    p.add_argument("--rank", type=int, default=int(os.environ.get("SLURM_PROCID", 0)))
-    p.add_argument("--world", type=int, default=int(os.environ.get("SLURM_NTASKS", 1)))
+    p.add_argument("--rank", type=int, default=global_rank() or 0, help="this task's share (RANK / SLURM_PROCID)")
+    p.add_argument("--world", type=int, default=world_size(), help="tasks sharing the work (WORLD_SIZE / SLURM_NTASKS)")
     p.add_argument("--config-dir", default=None, help=argparse.SUPPRESS)
     return p.parse_known_args(argv)
 

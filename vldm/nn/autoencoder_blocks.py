@@ -20,9 +20,9 @@ def normalize(channels: int) -> nn.GroupNorm:
 def conv_layout(x: torch.Tensor) -> torch.Tensor:
     """``x`` in the memory layout the autoencoder's convolutions run fastest in on its device.
 
-    On the CPU that is channels-last: oneDNN's convolutions took half the time in NHWC in
-    ``bench/sample.py``'s decoder profile (and diffusers' decoder, whose reshapes leave it in NHWC,
-    was 1.3-1.5x faster than ours in NCHW for that reason). Elsewhere the layout is left alone:
+    On the CPU that is channels-last: oneDNN's convolutions are faster in NHWC, as ``bench/sample.py``'s
+    decoder profile showed (and diffusers' decoder, whose reshapes leave it in NHWC, was faster than
+    ours in NCHW for that reason; docs/benchmarks.md). Elsewhere the layout is left alone:
     on CUDA, GroupNorm's kernels want NCHW and the trade-off has not been measured here.
     """
     if x.device.type == "cpu" and x.ndim == 4:

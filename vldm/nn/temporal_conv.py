@@ -3,13 +3,13 @@
 The temporal convolutions of Video LDM / SVD (``time_stack`` resblocks, the decoder's
 ``time_mix_conv``) have kernels ``(k, 1, 1)``: every pixel is filtered along time on its own.
 Seen as ``(b, c, t, h * w)`` that is exactly a ``(k, 1)`` Conv2d with the same weights. On one CPU
-thread PyTorch runs Conv3d on its fallback ``slow_conv3d``, which the Conv2d beats 2-3.5x forward +
-backward (toy to SVD-block shapes); with more threads PyTorch picks oneDNN's Conv3d and the two are at
-parity (measured at 2 threads). Channels-last inputs (the autoencoder's layout on CPU, see
-:func:`vldm.nn.autoencoder_blocks.conv_layout`) keep Conv3d, which oneDNN runs channels-last as fast
-(the reshaped Conv2d would reorder them: 2.4x slower). The module keeps ``nn.Conv3d``'s parameters
-and state-dict keys, so checkpoints and ``isinstance(m, nn.Conv3d)`` checks are unchanged; other
-kernels use the ordinary Conv3d.
+thread PyTorch runs Conv3d on its fallback ``slow_conv3d``, which the Conv2d beats forward and
+backward; with more threads PyTorch picks oneDNN's Conv3d and the two are at parity. Channels-last
+inputs (the autoencoder's layout on CPU, see :func:`vldm.nn.autoencoder_blocks.conv_layout`) keep
+Conv3d, which oneDNN runs channels-last as fast, where the reshaped Conv2d would reorder them first
+(figures: docs/benchmarks.md, ``python -m bench.temporal_conv``). The module keeps ``nn.Conv3d``'s
+parameters and state-dict keys, so checkpoints and ``isinstance(m, nn.Conv3d)`` checks are
+unchanged; other kernels use the ordinary Conv3d.
 """
 
 from __future__ import annotations

@@ -125,10 +125,16 @@ def hpc_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest of ``checkpoints/last.ckpt`` and the requeue checkpoints, by write time.
+    """The checkpoint a run directory resumes from: the newest of ``checkpoints/last.ckpt`` and the
+    requeue checkpoints by write time (``st_mtime_ns``); at equal times the requeue checkpoint with
+    the highest version, then ``last.ckpt``. None if there is none.
 
     A requeue checkpoint is written when the signal arrives, after the last periodic one, so a
-    requeued job must prefer it (Lightning itself only does so when ``ckpt_path`` is None).
+    requeued job must prefer it (Lightning itself only does so when ``ckpt_path`` is None); a
+    file system with coarse timestamps can give both the same time, hence the tie rule. Write time
+    rather than the global step stored inside: a requeue checkpoint left behind by an earlier
+    course of the run (a resume from another run's checkpoint prunes none) may hold a higher step
+    than the ``last.ckpt`` training has since written, and reading the step loads every file.
     """
     run_dir = Path(run_dir)
     candidates = [p for p in [run_dir / "checkpoints" / "last.ckpt", *hpc_checkpoints(run_dir)] if p.is_file()]

@@ -21,6 +21,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from vldm.data.shards import POSITION_KEY
+from vldm.utils.distributed import process_group_initialized, process_group_rank_world
 
 
 def step_seed(seed: int, rank: int, step: int, micro_batch: int) -> int:
@@ -67,8 +68,8 @@ class DataPosition(Callback):
         """Called on every rank when a checkpoint is written (rank 0's result is saved)."""
         local = {"world": self.world, "workers": dict(self.workers)}
         parts = [local]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts = [None] * torch.distributed.get_world_size()
+        if process_group_initialized():
+            parts = [None] * process_group_rank_world()[1]
             torch.distributed.all_gather_object(parts, local)
         workers: dict[str, list[int]] = {}
         world = 0

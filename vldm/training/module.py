@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from vldm.checkpoints.export import EMA_PREFIX, MODEL_PREFIX
 from vldm.conditioning.conditioner import Conditioner, EmbedderSpec
 from vldm.conditioning.i2v_inputs import LogNormalCondAug, expand_to_frames, i2v_inputs
 from vldm.data.latent_dataset import CACHED_PREFIX, fingerprint
@@ -36,8 +37,6 @@ from vldm.training.optim import configure
 
 log = logging.getLogger(__name__)
 
-MODEL_PREFIX = "diffusion."
-EMA_PREFIX = "model_ema."
 
 
 def module_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

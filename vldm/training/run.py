@@ -26,11 +26,12 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.utilities import rank_zero_only
 
-from vldm.checkpoints.export import export_safetensors
+from vldm.checkpoints.export import export_metadata, export_safetensors, export_state_dict
 from vldm.io.safe_load import save_safetensors
+from vldm.training.cluster import latest_checkpoint
 from vldm.training.data_state import DataPosition, StepSeed
+from vldm.utils.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,9 @@ def build_module(cfg: DictConfig, run_dir: Path) -> pl.LightningModule:
 
 
 def launch_rank_is_zero() -> bool:
-    """Whether this process is global rank 0, known before the Trainer exists: from ``RANK`` /
-    ``SLURM_PROCID`` when set, else ``LOCAL_RANK`` (set by Lightning for the processes it starts)
-    on node ``NODE_RANK`` 0."""
-    if "RANK" in os.environ or "SLURM_PROCID" in os.environ:
-        return rank_zero_only.rank == 0
-    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    """Whether this process is global rank 0, known before the Trainer exists (so from the launcher's
+    environment, :func:`vldm.utils.distributed.is_global_zero`; afterwards ``trainer.is_global_zero``)."""
+    return is_global_zero()
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:
@@ -117,14 +115,13 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> lis
 
 
 def find_resume_checkpoint(run_dir: Path, resume: bool | str) -> Path | None:
-    """``auto``: the newest of ``checkpoints/last.ckpt`` and the ``hpc_ckpt_*.ckpt`` Lightning's
-    SLURM requeue handler writes into the run directory (None if neither exists)."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    """``auto``: :func:`~vldm.training.cluster.latest_checkpoint` of the run directory (the newest of
+    ``checkpoints/last.ckpt`` and Lightning's SLURM requeue checkpoints; None if neither exists);
+    ``never``: None; else the path given."""
     if resume in (False, "never", None):
         return None
     if resume in (True, "auto"):
-        found = [p for p in [last, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-        return max(found, key=lambda p: p.stat().st_mtime) if found else None
+        return latest_checkpoint(run_dir)
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
@@ -143,11 +140,8 @@ def _export_weights(trainer: pl.Trainer, module: pl.LightningModule, path: Path,
     if not isinstance(trainer.strategy, FSDPStrategy):
         return export_safetensors(module, path, metadata=metadata) if trainer.is_global_zero else path
     state = trainer.strategy.lightning_module_state_dict()
-    if trainer.is_global_zero:  # the same selection as vldm.checkpoints.export.export_state, on a dict
-        ema = "model_ema.shadow."
-        weights = {k.removeprefix("diffusion."): v for k, v in state.items() if not k.startswith("model_ema.")}
-        weights.update({"model.diffusion_model." + k[len(ema):]: v for k, v in state.items() if k.startswith(ema)})
-        save_safetensors(weights, path, {k: str(v) for k, v in metadata.items()})
+    if trainer.is_global_zero:
+        save_safetensors(export_state_dict(state), path, export_metadata(metadata))
     return path
 
 
