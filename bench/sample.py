@@ -1,7 +1,7 @@
 """Image-to-video sampling speed and memory: vldm's sampler vs diffusers' ``StableVideoDiffusionPipeline``.
 
 Both tools get the same random weights: our SVD-architecture ``DiffusionModule`` is built with a
-fixed seed and diffusers receives it through the strict name maps of ``tests/svd_reference.py``
+fixed seed and diffusers receives it through the strict name maps of :mod:`vldm.testing.diffusers_maps`
 (which the parity tests prove compute the same video). Nothing is downloaded.
 
     python -m bench.sample --device cpu --size small   # reduced SVD, fp32: a few minutes on 2 cores
@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # ``python bench/sample.py`` as well as ``python 
     sys.path.insert(0, str(ROOT))
 
 from bench.timing import PeakMemory, Spans, environment, write_report  # noqa: E402
-from tests.svd_reference import (  # noqa: E402 - the test-side maps and sizes
+from vldm.testing.diffusers_bridge import (  # noqa: E402
     SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE,
 )
 
@@ -94,7 +94,7 @@ class RunResult:
 
 def build_models(size: str, device: torch.device, tool: str):
     """Our module (always: it defines the weights) and, for diffusers, the pipeline holding them."""
-    from tests.svd_reference import build_reference_pipeline, build_svd_module
+    from vldm.testing.diffusers_bridge import build_reference_pipeline, build_svd_module
 
     spec = SIZES[size]
     with torch.device(device):
