@@ -64,7 +64,8 @@ def test_ray_engine_gathers_everything_and_reports_a_dead_worker() -> None:
 def _run(raw, out, engine: list[str]) -> tuple[list[dict], dict]:
     from data_curation.manifest import read_manifest
     from data_curation.pipeline import curate
-    from tests.test_curation_pipeline import compose_curate, tar_samples
+    from tests.helpers.configs import compose_curate
+    from tests.helpers.shards import tar_samples
 
     cfg = compose_curate([f"input={raw}", f"output={out}", "progress=false", "report=false",
                           "shards.clips_per_shard=3", *engine])
@@ -135,7 +136,7 @@ class CrashingScorer:
 def test_a_dying_worker_becomes_an_error_row(in_process_run, tmp_path: Path) -> None:
     from data_curation.manifest import read_manifest
     from data_curation.pipeline import curate
-    from tests.test_curation_pipeline import compose_curate
+    from tests.helpers.configs import compose_curate
 
     raw, (expected, _) = in_process_run
     cfg = compose_curate([f"input={raw}", f"output={tmp_path / 'out'}", "progress=false", "report=false",

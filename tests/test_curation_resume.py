@@ -17,7 +17,9 @@ from data_curation.manifest import read_manifest
 from data_curation.pipeline import curate
 from data_curation.records import Clip
 from data_curation.synthetic import write_raw_toy_videos
-from tests.test_curation_pipeline import REPO, compose_curate, tar_samples
+from tests.helpers.configs import compose_curate
+from tests.helpers.repo import REPO
+from tests.helpers.shards import tar_samples
 
 
 class SlowScorer:

@@ -17,7 +17,7 @@ STAGES = ["autoencoder", "image", "video", "hq"]
 
 def smoke_chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
     """The four smoke stages (4 steps each), built once per test session (shared by the eval tests)."""
-    from tests.test_training import smoke
+    from tests.helpers.smoke import smoke
     from vldm.training.run import train_stage
 
     base = tmp_path_factory.getbasetemp() / "eval_chain"

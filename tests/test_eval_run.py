@@ -17,29 +17,17 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from tests.conftest import CONFIG_DIR
+from tests.helpers.configs import compose_eval
+from tests.helpers.evaluation import base_overrides, write_folder
+from tests.helpers.repo import REPO
 from tests.test_eval_checkpoints import smoke_chain
-from vldm.io.video_io import write_mp4
 from vldm.evaluation import feature_nets
 from vldm.evaluation.reference import load_reference_clips
 from vldm.evaluation.run import evaluate
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
                                              "head_width": 16},
              "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-def compose_eval(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("evaluate", overrides=overrides)
-
-
-def base_overrides(toy: Path, out: Path, cache: Path) -> list[str]:
-    return [f"data.shards={toy}/videos/val-*.tar", "data.num_videos=4", f"out_dir={out}", f"cache_dir={cache}",
-            "progress=false", "metrics.fvd.weights=null", "metrics.fid.weights=null", "metrics.clip.weights=null"]
 
 
 class TinyI3D(torch.nn.Module):
@@ -74,13 +62,6 @@ def script(module: torch.nn.Module, path: Path) -> Path:
     torch.manual_seed(0)
     torch.jit.script(module.__class__()).save(str(path))
     return path
-
-
-def write_folder(folder: Path, videos: np.ndarray, fps: float = 8.0) -> Path:
-    folder.mkdir(parents=True)
-    for i, v in enumerate(videos):
-        write_mp4(folder / f"{i:03d}.mp4", v, fps=fps)
-    return folder
 
 
 # ------------------------------------------------------------------------------ folder mode

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 from vldm.sampling.memory_plan import MemoryPlan, plan_for
 from vldm.sampling.pipeline import LatentDiffusionSampler, SamplerConfig
 

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 from vldm.io.safe_load import CheckpointError, load_state_dict_file, load_strict
 from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs
 from vldm.conditioning.open_clip_towers import OpenCLIPImageEmbedder, antialiased_resize, build_clip, causal_mask

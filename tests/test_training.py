@@ -11,16 +11,10 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
+from tests.helpers.smoke import STAGES, smoke
 from vldm.io.safe_load import CheckpointError, load_state_dict_file
 from vldm.training.run import TrainingDiverged, train_stage
-
-STAGES = ["autoencoder", "image", "video", "hq"]
-
-
-def smoke(tmp: Path, toy: Path, stage: str, *extra: str):
-    return compose_train([f"stage={stage}", "experiment=smoke", f"paths.data_dir={toy}",
-                          f"paths.root_dir={tmp}", "trainer.enable_progress_bar=false", *extra])
 
 
 @pytest.mark.parametrize("stage", STAGES)
