@@ -20,7 +20,6 @@ from hydra.errors import ConfigCompositionException
 from tests.helpers.configs import compose_eval
 from tests.helpers.evaluation import base_overrides, write_folder
 from tests.helpers.repo import REPO
-from tests.test_eval_checkpoints import smoke_chain
 from vldm.evaluation import feature_nets
 from vldm.evaluation.reference import load_reference_clips
 from vldm.evaluation.run import evaluate
@@ -221,9 +220,10 @@ def test_reference_clips_are_the_first_n_in_file_order(toy_root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- checkpoints
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    return smoke_chain(tmp_path_factory, toy_root)
+@pytest.fixture
+def chain(smoke_chain: Path) -> Path:
+    """The four smoke stages (4 steps each): the session's smoke chain."""
+    return smoke_chain
 
 
 @pytest.mark.slow

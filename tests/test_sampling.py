@@ -18,15 +18,10 @@ def sample_cfg(**overrides):
     return compose("sample", [f"{k}={v}" for k, v in overrides.items()])
 
 
-@pytest.fixture(scope="module")
-def video_run(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    from tests.helpers.smoke import smoke
-    from vldm.training.run import train_stage
-
-    root = tmp_path_factory.mktemp("sample_runs")
-    for stage in ("autoencoder", "image", "video"):
-        train_stage(smoke(root, toy_root, stage))
-    return root / "runs" / "smoke"
+@pytest.fixture
+def video_run(smoke_chain: Path) -> Path:
+    """Trained autoencoder, image and video stages: the session's smoke chain."""
+    return smoke_chain
 
 
 @pytest.mark.slow
