@@ -49,9 +49,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/curate.py`` as well as ``python -m bench.curate``
-    sys.path.insert(0, str(ROOT))
+from bench.repo import RESULTS, compose
 
 SCORING_STAGES = ("probe", "cuts")  # with the scorers: the cost compared with decoding alone
 SEED = 2024
@@ -115,12 +113,10 @@ def make_videos(root: Path, count: int, seconds: float, size: int, fps: int, gra
 # ------------------------------------------------------------------------------------------ stages
 
 def _compose(input_dir: Path, output_dir: Path, workers: int, overrides: list[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose("curate", overrides=[f"input={input_dir}", f"output={output_dir}", "engine=local",
-                                           f"engine.workers={workers}", "progress=false", *overrides])
+    cfg = compose("curate", [f"input={input_dir}", f"output={output_dir}", "engine=local",
+                             f"engine.workers={workers}", "progress=false", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
@@ -326,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clip-random", default=None, metavar="ARCH",
                         help="without CLIP weights, time the clip scorer with random ARCH weights (e.g. ViT-L-14)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end pipeline run")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "curate-cpu.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "curate-cpu.json")
     parser.add_argument("overrides", nargs="*",
                         help="configs/curate.yaml overrides, e.g. scorers.motion.method=farneback")
     args = parser.parse_args(argv)

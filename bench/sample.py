@@ -43,14 +43,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/sample.py`` as well as ``python -m bench.sample``
-    sys.path.insert(0, str(ROOT))
-
-from bench.timing import PeakMemory, Spans, environment, write_report  # noqa: E402
-from vldm.testing.diffusers_bridge import (  # noqa: E402
-    SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE,
-)
+from bench.repo import RESULTS, ROOT
+from bench.timing import PeakMemory, Spans, environment, write_report
+from vldm.testing.diffusers_bridge import SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE
 
 SIZES: dict[str, dict[str, Any]] = {
     # a reduced SVD: every block type of the real one, 1/5 of its width, a small CLIP at 224 px
@@ -462,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
               "guidance": GUIDANCE, "dtype": "fp16" if device.type == "cuda" else "fp32",
               "environment": environment(device), "runs": [asdict(r) for r in results], "ratios": ratios,
               "table": text}
-    write_report(report, args.out, ROOT / "bench" / "results" / f"sample-{args.device}.json")
+    write_report(report, args.out, RESULTS / f"sample-{args.device}.json")
     return report
 
 

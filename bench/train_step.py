@@ -42,12 +42,9 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/train_step.py`` as well as ``python -m bench.train_step``
-    sys.path.insert(0, str(ROOT))
-
-from bench.timing import PeakMemory, environment, write_report  # noqa: E402
-from vldm.testing.diffusers_bridge import SVD_UNET, TINY_SCALAR_DIM, TINY_SVD_UNET  # noqa: E402
+from bench.repo import RESULTS, ROOT, compose
+from bench.timing import PeakMemory, environment, write_report
+from vldm.testing.diffusers_bridge import SVD_UNET, TINY_SCALAR_DIM, TINY_SVD_UNET
 
 SIZES: dict[str, dict[str, Any]] = {
     # the parity tests' tiny SVD UNet (5.9 M parameters), 2 clips x 4 frames of 16x16 latents
@@ -200,7 +197,6 @@ def run_memory_worker(tool: str, args: argparse.Namespace) -> dict:
 
 def latent_cases(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Callable[[], Any]], dict]:
     """The toy video stage stepping on mp4 shards (``video``) and on their latent cache (``latent``)."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from vldm.jobs.latent_cache import cache_latents
@@ -211,9 +207,8 @@ def latent_cases(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Cal
     write_toy_dataset(workdir / "toy", num_train=args.clips, num_val=0, samples_per_shard=32)
 
     def config(*overrides: str):
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            return compose("train", overrides=["stage=video", f"paths.data_dir={workdir / 'toy'}",
-                                               "stage.init_from=null", *overrides])
+        return compose("train", ["stage=video", f"paths.data_dir={workdir / 'toy'}", "stage.init_from=null",
+                                 *overrides])
 
     cfg = config()
     torch.manual_seed(0)
@@ -406,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["latent"] = bench_latent(args)
         print(report["latent"]["table"])
         print(f"caching {report['latent']['cached_clips']} clips took {report['latent']['cache_s']} s")
-    write_report(report, args.out, ROOT / "bench" / "results" / f"train_step-{args.device}.json")
+    write_report(report, args.out, RESULTS / f"train_step-{args.device}.json")
     return report
 
 
