@@ -49,9 +49,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/curate.py`` as well as ``python -m bench.curate``
-    sys.path.insert(0, str(ROOT))
+from bench.repo import RESULTS
 
 SCORING_STAGES = ("probe", "cuts")  # with the scorers: the cost compared with decoding alone
 SEED = 2024
@@ -326,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clip-random", default=None, metavar="ARCH",
                         help="without CLIP weights, time the clip scorer with random ARCH weights (e.g. ViT-L-14)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end pipeline run")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "curate-cpu.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "curate-cpu.json")
     parser.add_argument("overrides", nargs="*",
                         help="configs/curate.yaml overrides, e.g. scorers.motion.method=farneback")
     args = parser.parse_args(argv)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tarfile
 import tempfile
 import time
@@ -32,11 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.timing import environment, write_report  # noqa: E402
+from bench.repo import RESULTS
+from bench.timing import environment, write_report
 
 
 def moving_texture(seed: int, frames: int, height: int, width: int, grain: float) -> np.ndarray:
@@ -157,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {name} | {1e3 * r['wall_s_per_clip']:.1f} | {1e3 * r['cpu_s_per_clip']:.1f} | "
               f"{report['bytes_per_clip'][name] / 2**20:.2f} MiB |")
     print(f"| mp4 / latent | {report['wall_ratio']:.1f}x | {report['cpu_ratio']:.1f}x | |")
-    write_report(report, args.out, ROOT / "bench" / "results" / "loader-cpu.json")
+    write_report(report, args.out, RESULTS / "loader-cpu.json")
     return report
 
 

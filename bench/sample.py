@@ -1,7 +1,7 @@
 """Image-to-video sampling speed and memory: vldm's sampler vs diffusers' ``StableVideoDiffusionPipeline``.
 
 Both tools get the same random weights: our SVD-architecture ``DiffusionModule`` is built with a
-fixed seed and diffusers receives it through the strict name maps of ``tests/svd_reference.py``
+fixed seed and diffusers receives it through the strict name maps of :mod:`vldm.testing.diffusers_maps`
 (which the parity tests prove compute the same video). Nothing is downloaded.
 
     python -m bench.sample --device cpu --size small   # reduced SVD, fp32: a few minutes on 2 cores
@@ -43,14 +43,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/sample.py`` as well as ``python -m bench.sample``
-    sys.path.insert(0, str(ROOT))
-
-from bench.timing import PeakMemory, Spans, environment, write_report  # noqa: E402
-from tests.svd_reference import (  # noqa: E402 - the test-side maps and sizes
-    SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE,
-)
+from bench.repo import RESULTS, ROOT
+from bench.timing import PeakMemory, Spans, environment, write_report
+from vldm.testing.diffusers_bridge import SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE
 
 SIZES: dict[str, dict[str, Any]] = {
     # a reduced SVD: every block type of the real one, 1/5 of its width, a small CLIP at 224 px
@@ -94,7 +89,7 @@ class RunResult:
 
 def build_models(size: str, device: torch.device, tool: str):
     """Our module (always: it defines the weights) and, for diffusers, the pipeline holding them."""
-    from tests.svd_reference import build_reference_pipeline, build_svd_module
+    from vldm.testing.diffusers_bridge import build_reference_pipeline, build_svd_module
 
     spec = SIZES[size]
     with torch.device(device):
@@ -463,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
               "guidance": GUIDANCE, "dtype": "fp16" if device.type == "cuda" else "fp32",
               "environment": environment(device), "runs": [asdict(r) for r in results], "ratios": ratios,
               "table": text}
-    write_report(report, args.out, ROOT / "bench" / "results" / f"sample-{args.device}.json")
+    write_report(report, args.out, RESULTS / f"sample-{args.device}.json")
     return report
 
 

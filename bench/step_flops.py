@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.repo import RESULTS, compose
 
 #: (model config, batch, frames, (height, width), config overrides): the toy stage of ``make demo``;
 #: SVD at its image-to-video shape (Blattmann et al., 2023: 14 frames at 576x1024), with activation
@@ -47,13 +44,11 @@ CASES: dict[str, tuple[str, int, int, tuple[int, int], tuple[str, ...]]] = {
 def build_on_meta(model: str, overrides: tuple[str, ...] = ()) -> nn.Module:
     """The stage's ``DiffusionModule`` on ``meta``, in training mode; scalar buffers (the latent scale)
     are real ones, since the step reads their values."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from vldm.checkpoints.load import build_model
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", "stage=video", "stage.init_from=null", *overrides])
+    cfg = compose("train", [f"model={model}", "stage=video", "stage.init_from=null", *overrides])
     with torch.device("meta"):
         module = instantiate(cfg.model.module, model=build_model(cfg.model), _convert_="object")
     for sub in module.modules():
@@ -134,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {name} | {model} | {batch} x {frames} x {size[0]}x{size[1]} | {tf['video_step']} | "
               f"{tf['latent_step']} | {tf['first_stage_encoder']} | {tf['cached_embedders']} | "
               f"{result['removed_share']:.1%} | {result['ceiling']:.3f}x |", flush=True)
-    out = Path(args.out or ROOT / "bench" / "results" / "step_flops.json")
+    out = Path(args.out or RESULTS / "step_flops.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     return report

@@ -13,20 +13,14 @@ there) vs the reshaped Conv2d forced on it. Each case is the fastest of ``--repe
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from vldm.nn.temporal_conv import TemporalConv3d  # noqa: E402
+from vldm.nn.temporal_conv import TemporalConv3d
 
 # name: (batch, channels, frames, height, width); the toy video UNet's and SVD UNet blocks' sizes
 SHAPES = {

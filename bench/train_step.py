@@ -3,7 +3,7 @@
 (a) ``unet``: one training step — EDM v-prediction preconditioning, forward, weighted loss, backward,
 AdamW step — of our video UNet (:class:`vldm.nn.unet.UNet` through :class:`vldm.diffusion.denoiser.Denoiser`,
 the code ``DiffusionModule.diffusion_loss`` runs) and of diffusers' ``UNetSpatioTemporalConditionModel``
-holding the same weights (the strict maps of ``tests/svd_reference.py``), on the same batch (latents,
+holding the same weights (the strict maps of :mod:`vldm.testing.diffusers_maps`), on the same batch (latents,
 noise, sigmas, CLIP token, concat latent, fps / motion / cond_aug ids), with the same optimizer
 (AdamW, same lr) and precision. The first step's losses of the two must agree (same computation).
 (b) ``latent``: the toy video stage (``configs/model/toy_video.yaml``, ``configs/data/toy_videos.yaml``:
@@ -42,12 +42,9 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/train_step.py`` as well as ``python -m bench.train_step``
-    sys.path.insert(0, str(ROOT))
-
-from bench.timing import PeakMemory, environment, write_report  # noqa: E402
-from tests.svd_reference import SVD_UNET, TINY_SCALAR_DIM, TINY_SVD_UNET  # noqa: E402
+from bench.repo import RESULTS, ROOT, compose
+from bench.timing import PeakMemory, environment, write_report
+from vldm.testing.diffusers_bridge import SVD_UNET, TINY_SCALAR_DIM, TINY_SVD_UNET
 
 SIZES: dict[str, dict[str, Any]] = {
     # the parity tests' tiny SVD UNet (5.9 M parameters), 2 clips x 4 frames of 16x16 latents
@@ -100,9 +97,9 @@ def unet_batch(spec: dict, device: torch.device, seed: int = 0) -> dict[str, tor
 
 def build_unet_pair(spec: dict, device: torch.device, tools: tuple[str, ...] = TOOLS, seed: int = 0) -> dict:
     """``{tool: network}``: our random UNet and diffusers' holding its weights (strict load, SGM GroupNorm eps)."""
-    from tests.svd_reference import diffusers_unet_config, load_strict, randomize_, use_sgm_resnet_eps_
-    from tests.svd_reference_maps import sgm_unet_to_diffusers
     from vldm.nn.unet import UNet
+    from vldm.testing.diffusers_bridge import diffusers_unet_config, load_strict, randomize_, use_sgm_resnet_eps_
+    from vldm.testing.diffusers_maps import sgm_unet_to_diffusers
 
     ours = randomize_(UNet(**spec["unet"]), seed)
     nets = {}
@@ -200,7 +197,6 @@ def run_memory_worker(tool: str, args: argparse.Namespace) -> dict:
 
 def latent_cases(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Callable[[], Any]], dict]:
     """The toy video stage stepping on mp4 shards (``video``) and on their latent cache (``latent``)."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from vldm.jobs.latent_cache import cache_latents
@@ -212,9 +208,8 @@ def latent_cases(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Cal
     write_toy_dataset(workdir / "toy", num_train=args.clips, num_val=0, samples_per_shard=32)
 
     def config(*overrides: str):
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            return compose("train", overrides=["stage=video", f"paths.data_dir={workdir / 'toy'}",
-                                               "stage.init_from=null", *overrides])
+        return compose("train", ["stage=video", f"paths.data_dir={workdir / 'toy'}", "stage.init_from=null",
+                                 *overrides])
 
     cfg = config()
     torch.manual_seed(0)
@@ -407,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["latent"] = bench_latent(args)
         print(report["latent"]["table"])
         print(f"caching {report['latent']['cached_clips']} clips took {report['latent']['cache_s']} s")
-    write_report(report, args.out, ROOT / "bench" / "results" / f"train_step-{args.device}.json")
+    write_report(report, args.out, RESULTS / f"train_step-{args.device}.json")
     return report
 
 

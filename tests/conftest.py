@@ -1,16 +1,14 @@
-"""Shared fixtures: tiny networks, a tiny toy dataset, and configs composed for tests."""
+"""Shared fixtures: seeding, a tiny toy dataset and the trained smoke chain, each made once per session."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-TINY_UNET = dict(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                 attention_resolutions=(1, 2), num_head_channels=16, context_dim=24)
+from tests.helpers.smoke import file_state, train_smoke_chain
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +26,14 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def compose_train(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=False)
+@pytest.fixture(scope="session")
+def smoke_chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Iterator[Path]:
+    """The smoke run root (``runs/smoke``) of the four stages, 4 steps each, each from the one before,
+    trained once per test session. Shared and read-only: a test that changes a run works on a copy
+    (``shutil.copytree``); teardown fails if any file of the chain was changed, added or removed."""
+    run_root = train_smoke_chain(tmp_path_factory.mktemp("smoke_chain"), toy_root)
+    before = file_state(run_root)
+    yield run_root
+    after = file_state(run_root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests changed the shared smoke chain (copy it instead): {changed}"

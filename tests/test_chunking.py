@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY_UNET
+from tests.helpers.models import TINY_UNET
 from vldm.nn.attention import CrossAttention, FeedForward, attention, set_chunking
 from vldm.nn.unet import UNet
 

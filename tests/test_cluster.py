@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import CONFIG_DIR
+from tests.helpers.configs import compose
+from tests.helpers.repo import CONFIG_DIR, REPO
 from vldm.training import cluster
 
-REPO = Path(__file__).resolve().parents[1]
 SBATCH_SCRIPT = REPO / "scripts" / "slurm" / "train.sbatch"
 SLURM_LAUNCHER = Path(CONFIG_DIR) / "hydra" / "launcher" / "slurm.yaml"
 
@@ -39,13 +39,6 @@ def _sbatch_flags(text: str) -> dict[str, str | bool]:
     for m in re.finditer(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, flags=re.M):
         flags[m.group(1)] = m.group(2) if m.group(2) is not None else True
     return flags
-
-
-def _compose_with_hydra(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
 
 
 # --------------------------------------------------------------------------- helpers (fast)
@@ -182,7 +175,8 @@ def test_slurm_launcher_follows_the_trainer_and_sends_usr1_to_lightning() -> Non
     """The launcher config resolves from trainer.* and its signal is the one Lightning will handle."""
     from hydra.core.hydra_config import HydraConfig
 
-    cfg = _compose_with_hydra(["hydra/launcher=slurm", "trainer.num_nodes=3", "trainer.devices=4", "stage=video"])
+    cfg = compose("train", ["hydra/launcher=slurm", "trainer.num_nodes=3", "trainer.devices=4", "stage=video"],
+                  return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (3, 4, 4)
     assert launcher.max_num_timeout == 0 and launcher.additional_parameters.requeue is True

@@ -65,7 +65,7 @@ def _run(raw, out, engine: list[str]) -> tuple[list[dict], dict]:
     from data_curation.manifest import read_manifest
     from data_curation.pipeline import curate
     from data_curation.config import compose_curate
-    from tests.test_curation_pipeline import tar_samples
+    from tests.helpers.shards import tar_samples
 
     cfg = compose_curate([f"input={raw}", f"output={out}", "progress=false", "report=false",
                           "shards.clips_per_shard=3", *engine])

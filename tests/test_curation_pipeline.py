@@ -17,25 +17,8 @@ from data_curation.manifest import read_manifest
 from data_curation.pipeline import curate, list_inputs
 from data_curation.records import Clip, video_id
 from data_curation.synthetic import BAD_FILES, write_raw_toy_videos
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tar_samples(shard_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{shard name: {key: {ext: bytes}}}`` of every shard, failing on a key seen twice."""
-    from vldm.io.tar_shards import iter_tar_samples
-
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(shard_dir.glob("*.tar")):
-        samples: dict[str, Any] = {}
-        for sample in iter_tar_samples(str(path)):
-            key = sample.pop("__key__")
-            sample.pop("__url__")
-            assert key not in samples, f"key {key} twice in {path.name}"
-            samples[key] = sample
-        out[path.name] = samples
-    return out
-
+from tests.helpers.repo import REPO
+from tests.helpers.shards import tar_samples
 
 class RaisingScorer:
     """A scorer that fails on every clip (its input must become a ``scorer_error`` row)."""

@@ -18,7 +18,8 @@ from data_curation.manifest import read_manifest
 from data_curation.pipeline import curate
 from data_curation.records import Clip
 from data_curation.synthetic import write_raw_toy_videos
-from tests.test_curation_pipeline import REPO, tar_samples
+from tests.helpers.repo import REPO
+from tests.helpers.shards import tar_samples
 
 
 class SlowScorer:

@@ -15,10 +15,11 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from tests.conftest import TINY_UNET, compose_train
+from tests.helpers.configs import compose_train
+from tests.helpers.models import TINY_UNET
+from tests.helpers.repo import REPO
+from tests.helpers.smoke import smoke_video_args
 from vldm.training.run import stage_module
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -65,11 +66,6 @@ def run_train(args: list[str], timeout: float = 240) -> subprocess.CompletedProc
     env.pop("WANDB_SERVICE", None)
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def smoke_video_args(root: Path, toy: Path, *extra: str) -> list[str]:
-    return ["experiment=smoke", "stage=video", "stage.init_from=null", f"paths.data_dir={toy}",
-            f"paths.root_dir={root}", "trainer.enable_progress_bar=false", "stage.val_every=1000", *extra]
 
 
 @pytest.mark.slow

@@ -11,22 +11,6 @@ from omegaconf import OmegaConf
 
 from vldm.evaluation.checkpoints import CheckpointRef, checkpoint_state, load_checkpoint, resolve_checkpoints
 
-STAGES = ["autoencoder", "image", "video", "hq"]
-
-
-def smoke_chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    """The four smoke stages (4 steps each), built once per test session (shared by the eval tests)."""
-    from tests.test_training import smoke
-    from vldm.training.run import train_stage
-
-    base = tmp_path_factory.getbasetemp() / "eval_chain"
-    run_root = base / "runs" / "smoke"
-    if not (run_root / "hq" / "result.json").is_file():
-        for stage in STAGES:
-            train_stage(smoke(base, toy_root, stage))
-    return run_root
-
-
 def fake_stage(root: Path, stage: str, kind: str = "diffusion", i2v: bool = True, step: int | None = 10,
                steps: tuple[int, ...] = (), final: bool = True) -> Path:
     """A stage run dir with only what resolution reads: config.yaml, result.json, (empty) weight files."""
@@ -111,9 +95,10 @@ def test_clear_errors(fake_run: Path, tmp_path: Path) -> None:
         resolve_checkpoints(str(fake_run), every="some")
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    return smoke_chain(tmp_path_factory, toy_root)
+@pytest.fixture
+def chain(smoke_chain: Path) -> Path:
+    """The four smoke stages (4 steps each): the session's smoke chain."""
+    return smoke_chain
 
 
 @pytest.mark.slow

@@ -101,7 +101,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
 def _evaluate_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
     import torch.distributed as dist
 
-    from tests.test_eval_run import compose_eval
+    from tests.helpers.configs import compose_eval
     from vldm.evaluation.run import evaluate
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -119,7 +119,8 @@ def test_folder_evaluation_on_two_ranks_matches_one(toy_root: Path, tmp_path: Pa
 
     import torch.multiprocessing as mp
 
-    from tests.test_eval_run import base_overrides, compose_eval, write_folder
+    from tests.helpers.configs import compose_eval
+    from tests.helpers.evaluation import base_overrides, write_folder
     from vldm.evaluation.reference import load_reference_clips
     from vldm.evaluation.run import evaluate
 

@@ -17,29 +17,16 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from tests.conftest import CONFIG_DIR
-from tests.test_eval_checkpoints import smoke_chain
-from vldm.io.video_io import write_mp4
+from tests.helpers.configs import compose_eval
+from tests.helpers.evaluation import base_overrides, write_folder
+from tests.helpers.repo import REPO
 from vldm.evaluation import feature_nets
 from vldm.evaluation.reference import load_reference_clips
 from vldm.evaluation.run import evaluate
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
                                              "head_width": 16},
              "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-def compose_eval(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("evaluate", overrides=overrides)
-
-
-def base_overrides(toy: Path, out: Path, cache: Path) -> list[str]:
-    return [f"data.shards={toy}/videos/val-*.tar", "data.num_videos=4", f"out_dir={out}", f"cache_dir={cache}",
-            "progress=false", "metrics.fvd.weights=null", "metrics.fid.weights=null", "metrics.clip.weights=null"]
 
 
 class TinyI3D(torch.nn.Module):
@@ -74,13 +61,6 @@ def script(module: torch.nn.Module, path: Path) -> Path:
     torch.manual_seed(0)
     torch.jit.script(module.__class__()).save(str(path))
     return path
-
-
-def write_folder(folder: Path, videos: np.ndarray, fps: float = 8.0) -> Path:
-    folder.mkdir(parents=True)
-    for i, v in enumerate(videos):
-        write_mp4(folder / f"{i:03d}.mp4", v, fps=fps)
-    return folder
 
 
 # ------------------------------------------------------------------------------ folder mode
@@ -240,9 +220,10 @@ def test_reference_clips_are_the_first_n_in_file_order(toy_root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- checkpoints
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    return smoke_chain(tmp_path_factory, toy_root)
+@pytest.fixture
+def chain(smoke_chain: Path) -> Path:
+    """The four smoke stages (4 steps each): the session's smoke chain."""
+    return smoke_chain
 
 
 @pytest.mark.slow

@@ -8,14 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
+from tests.helpers.shards import FPS, counting_shard
 from vldm.training.datamodule import ShardDataModule
 from vldm.data.frames import FrameWindow, frame_size, resize_center_crop, size_record
 from vldm.data.shards import VideoClipDataset
-from vldm.io.video_io import encode_mp4
-
-FPS = 24.0
 
 
 def test_frame_size_and_record() -> None:
@@ -57,15 +54,6 @@ def test_window_choices() -> None:
         FrameWindow.of(4, 1, "middle")
     with pytest.raises(ValueError, match="strides"):
         FrameWindow.of(4, [0])
-
-
-def counting_shard(path: Path, lengths: dict[str, int], size: tuple[int, int] = (24, 40)) -> Path:
-    """Clips whose frame i is flat grey 8 * i (so a decoded frame tells its source index)."""
-    with wds.TarWriter(str(path)) as writer:
-        for key, n in lengths.items():
-            frames = np.stack([np.full((*size, 3), 8 * i, np.uint8) for i in range(n)])
-            writer.write({"__key__": key, "mp4": encode_mp4(frames, FPS), "json": {"caption": key, "fps": FPS}})
-    return path
 
 
 def source_indices(video: torch.Tensor) -> list[int]:

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
+from tests.helpers.repo import REPO
 from vldm.jobs.latent_cache import build_stage_module, cache_latents, fingerprint, main
 from vldm.data.latent_dataset import MANIFEST, LatentClipDataset
 from vldm.data.shards import VideoClipDataset
 from vldm.io.tar_shards import iter_tar_samples
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -175,8 +174,8 @@ def test_killed_cache_process_resumes_without_duplicates(toy_root: Path, tmp_pat
         "lc.main(sys.argv[1:])\n"
     )
     cmd = [sys.executable, "-c", script, *stage_overrides(toy_root), "--out", str(out), "--batch-size", "4"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.time() + 120
     while not ((out / "train-000000.tar").exists() and (out / "train-000001.tar.tmp").exists()):
         assert proc.poll() is None and time.time() < deadline, "the cache job ended before it could be killed"
@@ -220,7 +219,7 @@ def test_a_stage_trains_and_validates_on_the_latent_config(cached: Path, toy_roo
 
 
 def test_cache_takes_one_strided_window_and_records_it(tmp_path: Path, module) -> None:
-    from tests.test_frames import counting_shard
+    from tests.helpers.shards import counting_shard
     from vldm.jobs.latent_cache import encode_batch
     from vldm.data.latent_dataset import decode_latent_sample
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 from vldm.checkpoints.load import build_model
 from vldm.sampling.memory_plan import MemoryPlan, plan_for
 from vldm.diffusion.sampler_config import SamplerConfig

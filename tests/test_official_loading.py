@@ -13,58 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from tests.conftest import compose_train
-from vldm.checkpoints.load import build_model
+from tests.helpers.configs import compose_train
+from tests.helpers.models import builder, meta_shapes, randomize, save_state, tiny_video_cfg
+from tests.helpers.repo import REPO
 from vldm.checkpoints.official import load_pretrained
 from vldm.io.safe_load import CheckpointError
 from vldm.io.safetensors_stream import header_bytes, tensor_bytes, write_safetensors
 
-ROOT = Path(__file__).resolve().parents[1]
 
-TINY_SD21 = [
-    "model=sd21",
-    "model.diffusion.network.model_channels=32", "model.diffusion.network.channel_mult=[1,2]",
-    "model.diffusion.network.num_res_blocks=1", "model.diffusion.network.attention_resolutions=[1,2]",
-    "model.diffusion.network.num_head_channels=16", "model.diffusion.network.context_dim=64",
-    "model.diffusion.first_stage.ch=32", "model.diffusion.first_stage.ch_mult=[1,1,2]",
-    "model.diffusion.first_stage.num_res_blocks=1", "model.diffusion.first_stage.resolution=32",
-    "model.clip.require_weights=false", "model.clip_weights=null", "model.diffusion.sampler.num_steps=4",
-    "model.clip.model_cfg={embed_dim:64,vision_cfg:{image_size:32,patch_size:8,width:64,layers:2,head_width:32},"
-    "text_cfg:{context_length:32,vocab_size:49408,width:64,heads:2,layers:2}}",
-]
-
-
-# ---------------------------------------------------------------------------- helpers (shared by the D tests)
-def builder(model_cfg) -> Callable[[], nn.Module]:
-    """What ``sample.py`` builds for ``model=...``: the module without EMA or sample writer."""
-    return lambda: build_model(model_cfg)
-
-
-def tiny_video_cfg():
-    return compose_train(["stage=video"]).model
-
-
-def tiny_sd21_cfg(*extra: str):
-    return compose_train([*TINY_SD21, *extra]).model
-
-
-def randomize(module: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
-    """Every parameter drawn anew (no zero-initialised branch stays zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return module
-
-
-def save_state(state: Mapping[str, torch.Tensor], path: Path, metadata: dict | None = None) -> Path:
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path), metadata=metadata)
-    return path
-
-
+# ---------------------------------------------------------------------------- helpers
 def sparse_safetensors(path: Path, shapes: Mapping[str, tuple[int, ...]], dtype: torch.dtype,
                        filled: Mapping[str, torch.Tensor] = {}) -> Path:
     """A full-size safetensors file made in an instant: the header, the ``filled`` tensors at their
@@ -78,13 +37,6 @@ def sparse_safetensors(path: Path, shapes: Mapping[str, tuple[int, ...]], dtype:
             f.write(tensor_bytes(value, dtype))
         f.truncate(len(head) + max((end for _, end in offsets.values()), default=0))
     return path
-
-
-def meta_shapes(build: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
-    from vldm.checkpoints.meta_init import build_on_meta
-
-    module = build_on_meta(build)
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +196,7 @@ def released_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
 def test_svd_xt_config_has_the_released_layout(released_shapes) -> None:
     import gzip
 
-    with gzip.open(ROOT / "tests" / "data" / "svd_xt_reference_keys.json.gz", "rt") as f:
+    with gzip.open(REPO / "tests" / "data" / "svd_xt_reference_keys.json.gz", "rt") as f:
         reference = {k: tuple(s) for k, s in json.load(f)}
     assert released_shapes["svd_xt"] == reference
 
@@ -313,9 +265,9 @@ RSS_SCRIPT = textwrap.dedent("""
 
 
 def measure_peak_rss(path: Path, mode: str) -> int:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, mode, str(path)], capture_output=True, text=True,
-                         env=env, check=True, cwd=ROOT)
+                         env=env, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.conftest import TINY_UNET
+from tests.helpers.models import TINY_UNET
 from vldm.nn.unet import UNet
 from vldm.sampling.offload import cast_io, stream
 

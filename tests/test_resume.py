@@ -17,7 +17,8 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from tests.test_distributed import REPO, smoke_video_args
+from tests.helpers.repo import REPO
+from tests.helpers.smoke import smoke_video_args
 
 STEPS, EVERY = 8, 2
 

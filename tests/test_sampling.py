@@ -10,27 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CONFIG_DIR
+from tests.helpers.configs import compose
 from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.sampling.images import list_images, load_image
 
 
 def sample_cfg(**overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("sample", overrides=[f"{k}={v}" for k, v in overrides.items()])
+    return compose("sample", [f"{k}={v}" for k, v in overrides.items()])
 
 
-@pytest.fixture(scope="module")
-def video_run(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    from tests.test_training import smoke
-    from vldm.training.run import train_stage
-
-    root = tmp_path_factory.mktemp("sample_runs")
-    for stage in ("autoencoder", "image", "video"):
-        train_stage(smoke(root, toy_root, stage))
-    return root / "runs" / "smoke"
+@pytest.fixture
+def video_run(smoke_chain: Path) -> Path:
+    """Trained autoencoder, image and video stages: the session's smoke chain."""
+    return smoke_chain
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from tests.conftest import compose_train
-from tests.test_official_loading import builder, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_video_cfg
+from tests.helpers.configs import compose_train
+from tests.helpers.models import builder, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_video_cfg
 from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.checkpoints.ldm_layout import SCHEDULE_BUFFERS, ldm_schedule, to_ldm_key
 from vldm.checkpoints.official import load_pretrained

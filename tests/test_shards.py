@@ -242,23 +242,22 @@ def test_datamodule_images_without_val_and_missing_data(tmp_path: Path) -> None:
 
 
 def test_hydra_configs_instantiate(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+
+    from tests.helpers.configs import compose
 
     write_video_shards(tmp_path / "videos", num_shards=1, per_shard=6)
     write_shard(tmp_path / "videos" / "val-000000.tar", [clip_sample("v0", 7)])
     write_image_shard(tmp_path / "images" / "train-000000.tar", 1)
     write_image_shard(tmp_path / "images" / "val-000000.tar", 1)
-    config_dir = str(Path(__file__).resolve().parents[1] / "configs")
     modules = {}
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        for name in ("toy_images", "toy_videos", "toy_hq", "webdataset"):
-            overrides = [f"+data={name}", f"+paths.data_dir={tmp_path}"]
-            if name == "webdataset":
-                overrides.append(f"data.train_shards={tmp_path}/videos")
-            modules[name] = dm = instantiate(compose(overrides=overrides).data)
-            assert isinstance(dm, ShardDataModule)
-            dm.setup("fit")
+    for name in ("toy_images", "toy_videos", "toy_hq", "webdataset"):
+        overrides = [f"+data={name}", f"+paths.data_dir={tmp_path}"]
+        if name == "webdataset":
+            overrides.append(f"data.train_shards={tmp_path}/videos")
+        modules[name] = dm = instantiate(compose(None, overrides).data)
+        assert isinstance(dm, ShardDataModule)
+        dm.setup("fit")
     assert modules["toy_images"].kind == "image" and modules["toy_images"].val_dataset is not None
     assert modules["toy_videos"].val_dataset is not None and modules["toy_videos"].filter is None
     hq = modules["toy_hq"]

@@ -10,8 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import compose_train
-from tests.test_official_loading import builder, randomize, save_state, tiny_sd21_cfg
+from tests.helpers.configs import compose_train
+from tests.helpers.models import builder, randomize, save_state, tiny_sd21_cfg
+from tests.helpers.repo import REPO
 from vldm.checkpoints.export import export_safetensors
 from vldm.checkpoints.load import build_model, load_run
 from vldm.checkpoints.official import load_pretrained
@@ -141,7 +142,7 @@ def test_sgm_builds_the_exported_yaml_with_the_file_keys(exported) -> None:
 
     import open_clip
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    sys.path.insert(0, str(REPO / "tools"))
     import make_svd_reference_keys as ref
 
     sys.meta_path.insert(0, ref._StubFinder(ref.STUBBED))

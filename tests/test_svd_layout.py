@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 from vldm.checkpoints.load import build_model
 from vldm.io.safe_load import CheckpointError, load_state_dict_file, load_strict
 from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs

@@ -1,14 +1,14 @@
 """Numerical parity with diffusers' independent Stable Video Diffusion implementation.
 
 Our SGM-layout networks are filled with random weights, mapped into diffusers / transformers with
-the strict name maps of :mod:`tests.svd_reference`, and run on the same inputs: the video UNet
+the strict name maps of :mod:`vldm.testing.diffusers_maps`, and run on the same inputs: the video UNet
 (``UNetSpatioTemporalConditionModel``), the temporal VAE decoder and the conditioning-frame encoder
 (``AutoencoderKLTemporalDecoder``), the CLIP image tower (``CLIPVisionModelWithProjection``), and a
 whole image-to-video run against ``StableVideoDiffusionPipeline`` with the same random numbers.
 
 One known deviation of diffusers from the official SGM code is corrected on the reference side
 and tested explicitly: its UNet resnets normalise with GroupNorm eps 1e-6 where SGM uses 1e-5
-(:func:`tests.svd_reference.use_sgm_resnet_eps_`).
+(:func:`vldm.testing.diffusers_bridge.use_sgm_resnet_eps_`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.svd_reference import (
+from vldm.testing.diffusers_bridge import (
     SD_VAE, SVD_UNET, TINY_CLIP, TINY_SCALAR_DIM, TINY_SVD_UNET, TINY_SVD_VAE, build_hf_image_encoder, build_reference_pipeline,
     build_tiny_svd_module, diffusers_unet_config, diffusers_vae_config, load_strict, randomize_, use_sgm_resnet_eps_,
 )
-from tests.svd_reference_maps import sgm_unet_to_diffusers, sgm_vae_to_diffusers, sub_state
+from vldm.testing.diffusers_maps import sgm_unet_to_diffusers, sgm_vae_to_diffusers, sub_state
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")

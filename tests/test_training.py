@@ -11,16 +11,10 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
+from tests.helpers.smoke import STAGES, smoke
 from vldm.io.safe_load import CheckpointError, load_state_dict_file
 from vldm.training.run import TrainingDiverged, stage_module, train_stage
-
-STAGES = ["autoencoder", "image", "video", "hq"]
-
-
-def smoke(tmp: Path, toy: Path, stage: str, *extra: str):
-    return compose_train([f"stage={stage}", "experiment=smoke", f"paths.data_dir={toy}",
-                          f"paths.root_dir={tmp}", "trainer.enable_progress_bar=false", *extra])
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -69,13 +63,10 @@ def test_trainable_temporal_freezes_spatial_layers(toy_root: Path) -> None:
     assert not any(p.requires_grad for p in module.conditioner.parameters())
 
 
-@pytest.fixture(scope="module")
-def chained_run(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Path:
-    """Runs the four stages (4 steps each), each from the previous stage's weights."""
-    root = tmp_path_factory.mktemp("runs")
-    for stage in STAGES:
-        train_stage(smoke(root, toy_root, stage))
-    return root / "runs" / "smoke"
+@pytest.fixture
+def chained_run(smoke_chain: Path) -> Path:
+    """The four stages (4 steps each), each from the previous stage's weights: the session's smoke chain."""
+    return smoke_chain
 
 
 @pytest.mark.slow
@@ -121,6 +112,7 @@ def test_resume_continues_at_the_saved_step(tmp_path: Path, toy_root: Path, chai
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path, toy_root: Path,
+                                                                         chained_run: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from vldm.training.module import DiffusionModule
 
@@ -131,8 +123,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         return loss * float("nan") if self.training and self.global_step >= 3 else loss
 
     monkeypatch.setattr(DiffusionModule, "diffusion_loss", poisoned)
-    cfg = smoke(tmp_path, toy_root, "autoencoder")
-    train_stage(cfg)
+    shutil.copytree(chained_run / "autoencoder", tmp_path / "runs" / "smoke" / "autoencoder")
     with pytest.raises(TrainingDiverged, match=r"at step 3.*last good checkpoint is .*last\.ckpt") as err:
         train_stage(smoke(tmp_path, toy_root, "image", "stage.max_steps=6"))
     kept = torch.load(tmp_path / "runs" / "smoke" / "image" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY_UNET
+from tests.helpers.models import TINY_UNET
 from vldm.nn.inflate import inflate, load_image_weights, temporal_parameter_names
 from vldm.nn.unet import UNet
 

@@ -1,14 +1,16 @@
-"""Test-only bridge to diffusers' Stable Video Diffusion: tiny builders and SGM -> diffusers name maps.
+"""Our SVD-architecture module with random weights, and diffusers' SVD models holding the same weights.
 
 diffusers (``UNetSpatioTemporalConditionModel``, ``AutoencoderKLTemporalDecoder``,
 ``StableVideoDiffusionPipeline``) and transformers (``CLIPVisionModelWithProjection``) form an
-independent implementation of SVD; the parity tests fill them with our random weights through the
-maps below and compare outputs. Every load into the reference is ``strict=True``, so each map is
-proven complete in both directions (nothing of ours left over, nothing of theirs left unset).
+independent implementation of SVD; the parity tests and the benchmarks fill them with our random
+weights through the name maps of :mod:`vldm.testing.diffusers_maps`. Every load into the reference is
+``strict=True``, so each map is proven complete in both directions (nothing of ours left over, nothing
+of theirs left unset).
 
 The key arithmetic follows the facts of diffusers' ``scripts/convert_svd_to_diffusers.py`` (resnet
 ``in_layers.0 -> norm1`` ..., ``input_blocks.i`` -> ``down_blocks.(i-1)//(n+1)``, ...); the code is
-our own and never used outside tests.
+our own. Used by the tests and benchmarks only: diffusers and transformers (dev extras) are imported
+inside the functions that need them, and nothing else in vldm imports them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from vldm.testing.diffusers_maps import openclip_visual_to_hf, sgm_unet_to_diffusers, sgm_vae_to_diffusers, sub_state
+
 Tensor = torch.Tensor
 State = dict[str, Tensor]
-
-from tests.svd_reference_maps import openclip_visual_to_hf, sgm_unet_to_diffusers, sgm_vae_to_diffusers, sub_state  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- builders
 

@@ -1,4 +1,4 @@
-"""SGM -> diffusers / transformers parameter-name maps for the parity tests (test-only).
+"""SGM -> diffusers / transformers parameter-name maps, for the parity tests and the benchmarks.
 
 The key arithmetic follows the facts of diffusers' ``scripts/convert_svd_to_diffusers.py`` (resnet
 ``in_layers.0 -> norm1`` ..., ``input_blocks.i`` -> ``down_blocks.(i-1)//(n+1)``, ...); the code is

@@ -1,0 +1,1 @@
+"""Code shared by the tests: repository paths, config composition, tiny models, toy shards, the smoke chain."""
