@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 
 SVD_UNET_PARAMETERS = 1_524_623_082  # SVD / SVD-XT UNet (the paper's "1.52B"; tests/test_svd_layout.py)
 
@@ -182,8 +182,7 @@ def test_svd_video_pretrain_inflates_an_sd21_file_in_the_ldm_layout(tmp_path: Pa
     """At tiny size: the preset's model takes an SD 2.1 file (LDM layout) by inflate: UNet weights
     copied, the input conv widened with zeros, the autoencoder loaded strictly, and the
     conditioning-frame encoder is that autoencoder."""
-    from tests.test_official_loading import TINY_SD21, builder, randomize
-    from tests.test_sd21 import ldm_file
+    from tests.helpers.models import TINY_SD21, builder, ldm_file, randomize
     from vldm.training.run import build_module
 
     image = randomize(builder(compose_train(TINY_SD21).model)()).eval()

@@ -12,7 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from tests.helpers.configs import compose_train
-from tests.helpers.models import builder, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_video_cfg
+from tests.helpers.models import builder, ldm_file, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_video_cfg
 from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.checkpoints.ldm_layout import SCHEDULE_BUFFERS, ldm_schedule, to_ldm_key
 from vldm.checkpoints.official import load_pretrained
@@ -20,16 +20,6 @@ from vldm.io.safe_load import CheckpointError
 from vldm.diffusion.denoiser import DiscreteDenoiser, VScaling
 from vldm.diffusion.discretization import ddpm_sigmas
 from vldm.checkpoints.load import load_model_file
-
-
-def ldm_file(module: torch.nn.Module, path: Path, schedule: dict | None = None, extra: dict | None = None) -> Path:
-    """``module``'s weights as the LDM layout of v2-1_768-ema-pruned: text tower under
-    ``cond_stage_model.``, the DDPM schedule buffers, the EMA bookkeeping scalars."""
-    state = {to_ldm_key(k): v for k, v in module.state_dict().items()}
-    state.update({k: v.float() for k, v in (schedule or ldm_schedule(ddpm_sigmas())).items()})
-    state.update({"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(5, dtype=torch.int32)})
-    state.update(extra or {})
-    return save_state(state, path)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from tests.helpers.configs import compose_train
+from tests.helpers.models import TINY_AE, TINY_CLIP, tiny_svd_cfg
 from vldm.checkpoints.load import build_model
 from vldm.io.safe_load import CheckpointError, load_state_dict_file, load_strict
 from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs
@@ -33,12 +33,6 @@ REFERENCE = {
     "svd_xt_image_decoder": "svd_xt_image_decoder_reference_keys.json.gz",
 }
 SVD_UNET_PARAMETERS = 1_524_623_082  # measured; the paper's "1.52B"
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
-                                            "head_width": 16},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-TINY_AE = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "resolution": 32}
-
-
 def reference_layout(name: str) -> dict[str, tuple[int, ...]]:
     with gzip.open(DATA / REFERENCE[name], "rt") as f:
         return {key: tuple(shape) for key, shape in json.load(f)}
@@ -48,22 +42,6 @@ def build_on_meta(model: str):
     cfg = compose_train([f"model={model}"])
     with torch.device("meta"):
         return build_model(cfg.model)
-
-
-def tiny_svd_cfg(model: str = "svd_xt"):
-    """The SVD model config with every width shrunk (same classes, same key structure)."""
-    cfg = compose_train([f"model={model}"])
-    OmegaConf.set_struct(cfg, False)
-    net = cfg.model.diffusion.network
-    net.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2],
-               num_head_channels=16, context_dim=TINY_CLIP["embed_dim"], adm_in_channels=3 * 16)
-    for i in (1, 2, 4):
-        cfg.model.diffusion.conditioner.embedders[i].embedder.outdim = 16
-    clip = cfg.model.diffusion.conditioner.embedders[0].embedder
-    clip.arch, clip.model_cfg = None, TINY_CLIP
-    cfg.model.diffusion.first_stage.update(TINY_AE)
-    cfg.model.cond_frame_encoder.update(TINY_AE)
-    return cfg
 
 
 def key_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:

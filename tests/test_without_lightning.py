@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 from vldm.checkpoints.export import export_safetensors
 from vldm.checkpoints.load import build_model
 
@@ -78,7 +78,7 @@ def test_library_imports_and_sample_py_run_without_lightning(tmp_path: Path) -> 
 def test_an_official_layout_file_loads_and_samples_without_lightning(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from tests.test_svd_layout import tiny_svd_cfg
+    from tests.helpers.models import tiny_svd_cfg
     from vldm.checkpoints.load import load_model_file
     from vldm.sampling.pipeline import LatentDiffusionSampler
 

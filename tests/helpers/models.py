@@ -14,6 +14,11 @@ from tests.helpers.configs import compose_train
 TINY_UNET = dict(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                  attention_resolutions=(1, 2), num_head_channels=16, context_dim=24)
 
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                                            "head_width": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_AE = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "resolution": 32}
+
 TINY_SD21 = [
     "model=sd21",
     "model.diffusion.network.model_channels=32", "model.diffusion.network.channel_mult=[1,2]",
@@ -67,3 +72,34 @@ def meta_shapes(build: Callable[[], nn.Module]) -> dict[str, tuple[int, ...]]:
 
     module = build_on_meta(build)
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def tiny_svd_cfg(model: str = "svd_xt"):
+    """The SVD model config with every width shrunk (same classes, same key structure)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_train([f"model={model}"])
+    OmegaConf.set_struct(cfg, False)
+    net = cfg.model.diffusion.network
+    net.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[1, 2],
+               num_head_channels=16, context_dim=TINY_CLIP["embed_dim"], adm_in_channels=3 * 16)
+    for i in (1, 2, 4):
+        cfg.model.diffusion.conditioner.embedders[i].embedder.outdim = 16
+    clip = cfg.model.diffusion.conditioner.embedders[0].embedder
+    clip.arch, clip.model_cfg = None, TINY_CLIP
+    cfg.model.diffusion.first_stage.update(TINY_AE)
+    cfg.model.cond_frame_encoder.update(TINY_AE)
+    return cfg
+
+
+def ldm_file(module: torch.nn.Module, path: Path, schedule: dict | None = None, extra: dict | None = None) -> Path:
+    """``module``'s weights as the LDM layout of v2-1_768-ema-pruned: text tower under
+    ``cond_stage_model.``, the DDPM schedule buffers, the EMA bookkeeping scalars."""
+    from vldm.checkpoints.ldm_layout import ldm_schedule, to_ldm_key
+    from vldm.diffusion.discretization import ddpm_sigmas
+
+    state = {to_ldm_key(k): v for k, v in module.state_dict().items()}
+    state.update({k: v.float() for k, v in (schedule or ldm_schedule(ddpm_sigmas())).items()})
+    state.update({"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(5, dtype=torch.int32)})
+    state.update(extra or {})
+    return save_state(state, path)
