@@ -124,7 +124,7 @@ def unet_step(tool: str, net: torch.nn.Module, batch: dict, spec: dict, device: 
     from vldm.conditioning.scalar_embedders import ConcatTimestepEmbedderND
     from vldm.diffusion.denoiser import Denoiser, VScalingWithEDMcNoise
     from vldm.diffusion.loss_weighting import EDMWeighting
-    from vldm.training.module import DiffusionWrapper
+    from vldm.models.latent_diffusion import DiffusionWrapper
 
     opt = torch.optim.AdamW(net.parameters(), lr=LR)
     scaling, weighting = VScalingWithEDMcNoise(), EDMWeighting(sigma_data=1.0)

@@ -97,7 +97,7 @@ def test_two_process_ddp_sees_different_samples_and_keeps_weights_in_sync(tmp_pa
     torch.manual_seed(cfg.seed)  # as train_stage seeds before building: the run's initial weights
     initial = stage_module(cfg).network.state_dict()
     module = stage_module(cfg)
-    module.load_checkpoint_weights(ckpt["state_dict"], strict=True)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
     assert tensor_digest(module.network.state_dict()) == r0["live"]
     assert tensor_digest(module.model_ema.shadow.state_dict()) == r0["ema"]
     trained = [n for n, v in module.network.state_dict().items() if not torch.equal(v, initial[n])]
@@ -360,6 +360,6 @@ def test_fsdp_through_lightning_trains_and_resumes_like_ddp(tmp_path: Path, toy_
         if steps == 3:
             first = f["state_dict"]
             cfg = compose_train(smoke_video_args(tmp_path, toy_root))
-            stage_module(cfg).load_checkpoint_weights(f["state_dict"], strict=True)
-    moved = [k for k, v in f["state_dict"].items() if k.startswith("model.") and not torch.equal(v, first[k])]
+            stage_module(cfg).load_state_dict(f["state_dict"], strict=True)
+    moved = [k for k, v in f["state_dict"].items() if k.startswith("diffusion.model.") and not torch.equal(v, first[k])]
     assert len(moved) > 100  # the resumed steps trained

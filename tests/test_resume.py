@@ -111,7 +111,7 @@ def test_killed_run_resumes_exactly(tmp_path: Path, toy_root: Path) -> None:
     a_dir = tmp_path / "a" / "runs" / "smoke" / "video"
     final_a, final_b = _load(a_dir / "checkpoints" / "last.ckpt"), _load(b_dir / "checkpoints" / "last.ckpt")
     assert final_a["global_step"] == final_b["global_step"] == STEPS
-    unet = [k for k in saved["state_dict"] if k.startswith("model.diffusion_model.")]
+    unet = [k for k in saved["state_dict"] if k.startswith("diffusion.model.diffusion_model.")]
     assert sum(not torch.equal(saved["state_dict"][k], final_b["state_dict"][k]) for k in unet) > len(unet) // 2
     _assert_same_tensors(final_b["state_dict"], final_a["state_dict"], "state_dict")
     _assert_same_tensors(final_b["optimizer_states"], final_a["optimizer_states"], "optimizer_states")

@@ -209,3 +209,17 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_train(tmp_path: Path, c
     assert result.global_step == 2
     state = load_state_dict_file(result.weights)
     assert all(torch.isfinite(v.float()).all() for v in state.values())
+
+
+def test_a_checkpoint_with_unprefixed_model_keys_still_loads(toy_root: Path) -> None:
+    """Checkpoints from when the model's parts were the module's own (``model.diffusion_model.*`` at the top)."""
+    cfg = compose_train(["stage=video", f"paths.data_dir={toy_root}"])
+    source, target = stage_module(cfg), stage_module(cfg)
+    for p in source.parameters():
+        p.data.add_(0.01)
+    flat = {k.removeprefix("diffusion."): v for k, v in source.state_dict().items()}
+    assert "model.diffusion_model.out.2.weight" in flat and "model_ema.shadow.out.2.weight" in flat
+    checkpoint = {"state_dict": flat}
+    target.on_load_checkpoint(checkpoint)
+    target.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))

@@ -1,6 +1,7 @@
 """Sampling, evaluation and export need no Lightning: with ``pytorch_lightning`` made unimportable
 (a meta-path blocker in a fresh interpreter), ``sample.py`` samples a run directory and an
-official-layout file loads and samples, giving the same video as with Lightning present."""
+official-layout file loads and samples, giving the video it gives with Lightning present (float rounding
+aside: another process)."""
 
 from __future__ import annotations
 
@@ -114,4 +115,4 @@ def test_an_official_layout_file_loads_and_samples_without_lightning(tmp_path: P
     exec(textwrap.dedent(sample), scope)
     blocked = load_file(str(tmp_path / "video.safetensors"))["video"]
     assert blocked.shape == (1, 3, 3, 32, 32) and torch.isfinite(blocked).all()
-    assert torch.equal(blocked, scope["video"])
+    torch.testing.assert_close(blocked, scope["video"], rtol=1e-5, atol=1e-6)

@@ -40,16 +40,15 @@ log = logging.getLogger(__name__)
 
 
 def module_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A checkpoint's keys as :class:`DiffusionModule` names them (the model under ``diffusion.``)."""
+    """Unprefixed model keys as :class:`DiffusionModule` names them (the model under ``diffusion.``)."""
     return {k if k.startswith(EMA_PREFIX) else MODEL_PREFIX + k: v for k, v in state_dict.items()}
 
 
 class DiffusionModule(pl.LightningModule):
     """Trains a :class:`~vldm.models.LatentDiffusion` (held as ``diffusion``): loss, EMA, optimisation.
 
-    Lightning checkpoints hold the model's own keys (``model.diffusion_model.*``, ... as in an
-    exported file) plus ``model_ema.*``: the ``diffusion.`` prefix is dropped on save and restored
-    on load.
+    Lightning checkpoints hold the model under ``diffusion.*`` and the EMA copy as ``model_ema.*``;
+    :func:`vldm.checkpoints.export.export_state_dict` turns them into the model's own layout.
     """
 
     def __init__(self, model: LatentDiffusion, sigma_sampler: Any, loss_weighting: Any, lr: float = 1e-4,
@@ -95,15 +94,10 @@ class DiffusionModule(pl.LightningModule):
             new = name in temporal or name.startswith(("label_emb.", "input_blocks.0.0."))
             p.requires_grad_(which == "all" or new)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k.removeprefix(MODEL_PREFIX): v for k, v in checkpoint["state_dict"].items()}
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = module_keys(checkpoint["state_dict"])
-
-    def load_checkpoint_weights(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any:
-        """Load a Lightning checkpoint's ``state_dict`` (the model's keys and ``model_ema.*``)."""
-        return self.load_state_dict(module_keys(state_dict), strict=strict)
+        """A checkpoint written while the model's parts were this module's own holds their keys unprefixed."""
+        if not any(k.startswith(MODEL_PREFIX) for k in checkpoint["state_dict"]):
+            checkpoint["state_dict"] = module_keys(checkpoint["state_dict"])
 
     # ---------------------------------------------------------------- data -> loss
     @staticmethod
