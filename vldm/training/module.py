@@ -96,8 +96,9 @@ class DiffusionModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint written while the model's parts were this module's own holds their keys unprefixed."""
-        if not any(k.startswith(MODEL_PREFIX) for k in checkpoint["state_dict"]):
-            checkpoint["state_dict"] = module_keys(checkpoint["state_dict"])
+        state = checkpoint.get("state_dict")  # FSDP's strategy has loaded it and taken it out already
+        if state is not None and not any(k.startswith(MODEL_PREFIX) for k in state):
+            checkpoint["state_dict"] = module_keys(state)
 
     # ---------------------------------------------------------------- data -> loss
     @staticmethod
