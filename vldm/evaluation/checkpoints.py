@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 STAGE_ORDER: tuple[str, ...] = ("image", "video", "hq")
-FIRST_STAGE = "first_stage_model."
 _STEP_CKPT = re.compile(r"^step=(\d+)\.ckpt$")
 
 

@@ -74,12 +74,6 @@ def build_module(cfg: DictConfig, run_dir: Path) -> pl.LightningModule:
     return module
 
 
-def launch_rank_is_zero() -> bool:
-    """Whether this process is global rank 0, known before the Trainer exists (so from the launcher's
-    environment, :func:`vldm.utils.distributed.is_global_zero`; afterwards ``trainer.is_global_zero``)."""
-    return is_global_zero()
-
-
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     """The wandb run id of this run directory: kept in ``wandb_run_id.txt`` and reused when the
     run resumes from a checkpoint (so a killed or requeued job continues the same wandb run); a
@@ -88,7 +82,7 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     if resuming and path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
-    if launch_rank_is_zero():
+    if is_global_zero():  # known before the Trainer exists, from the launcher's environment
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(run_id + "\n")
         os.replace(tmp, path)
@@ -155,7 +149,7 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
     start = time.time()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if launch_rank_is_zero():
+    if is_global_zero():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)  # the same on every rank: identical initial weights
 
