@@ -4,26 +4,15 @@ All stages in order, each from the previous one's weights (the basic launcher ru
 the order given): `python train.py -m stage=autoencoder,image,video,hq experiment=toy`.
 """
 
-import logging
-import sys
-
 import hydra
 from omegaconf import DictConfig
-
-from vldm.training.cluster import PruneRequeueCheckpoints, slurm_environment_plugins
-from vldm.training.run import TrainingDiverged, train_stage
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        # Lightning owns requeueing under SLURM (docs/cluster.md); the callback drops superseded hpc_ckpt_*.
-        result = train_stage(cfg, callbacks=[PruneRequeueCheckpoints()], plugins=slurm_environment_plugins())
-    except TrainingDiverged as err:
-        logging.getLogger("train").error(str(err))
-        sys.exit(1)
-    print(f"[vldm] stage {cfg.stage.name}: {result.global_step} steps; weights {result.weights}; "
-          f"run dir {result.run_dir}")
+    from vldm.training.launch import launch  # after the config checks: torch and Lightning load in seconds
+
+    launch(cfg)
 
 
 if __name__ == "__main__":
