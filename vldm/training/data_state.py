@@ -54,15 +54,20 @@ class DataPosition(Callback):
         self.datamodule = datamodule
         self.world = 0
         self.workers: dict[int, list[int]] = {}
+        self._pending: list[list[int]] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         rows = batch.get(POSITION_KEY) if isinstance(batch, dict) else None
-        if rows is None:
-            return
-        for reader, world, epoch, position, floor in rows.tolist():  # a reader's samples arrive in order
+        self._pending = [] if rows is None else rows.tolist()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """A batch counts as trained once its step completed (before this step's checkpoint is written)."""
+        for reader, world, epoch, position, floor in self._pending:  # a reader's samples arrive in order
             self.workers[reader] = [epoch, position, floor]
             self.world = world
+        self._pending = []
 
     def state_dict(self) -> dict[str, Any]:
         """Called on every rank when a checkpoint is written (rank 0's result is saved)."""

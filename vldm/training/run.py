@@ -47,6 +47,7 @@ class StageResult:
     last_checkpoint: Path | None
     global_step: int
     seconds: float
+    trained_steps: int = 0
 
 
 def stage_module(cfg: DictConfig, **kwargs: Any) -> pl.LightningModule:
@@ -89,10 +90,13 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     return run_id
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> list:
-    from pytorch_lightning.loggers import CSVLogger
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    """``logs/metrics.csv`` (its rows before ``resume_step`` kept when resuming; a row per step) and wandb."""
+    from vldm.training.metrics_log import ContinuingCSVLogger
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    resuming = resume_step is not None
+    loggers: list = [ContinuingCSVLogger(str(run_dir), resume_step=resume_step, name="logs", version="",
+                                         flush_logs_every_n_steps=1)]
     wandb_cfg = cfg.logger.get("wandb")
     if wandb_cfg is not None and wandb_cfg.get("enabled", False):
         offline = wandb_cfg.logger.get("offline")
@@ -108,6 +112,16 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> lis
     return loggers
 
 
+def parse_resume(resume: Any) -> tuple[bool | str, bool]:
+    """``(what, force)`` from ``resume``: ``auto`` | ``never`` | ``force`` | a path | ``force:<path>``."""
+    text = str(resume) if resume not in (True, False, None) else resume
+    if text == "force":
+        return "auto", True
+    if isinstance(text, str) and text.startswith("force:"):
+        return text[len("force:"):], True
+    return text, False
+
+
 def find_resume_checkpoint(run_dir: Path, resume: bool | str) -> Path | None:
     """``auto``: :func:`~vldm.training.cluster.latest_checkpoint` of the run directory (the newest of
     ``checkpoints/last.ckpt`` and Lightning's SLURM requeue checkpoints; None if neither exists);
@@ -120,6 +134,13 @@ def find_resume_checkpoint(run_dir: Path, resume: bool | str) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
     return path
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a Lightning checkpoint was saved at (read lazily: the tensors stay on disk)."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def _instantiate_list(items: Any) -> list:
@@ -139,15 +160,34 @@ def _export_weights(trainer: pl.Trainer, module: pl.LightningModule, path: Path,
     return path
 
 
+def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int]:
+    """The checkpoint this run resumes from (checked against its run's config) and its step."""
+    from vldm.training.resume_check import check_resume_config
+
+    what, force = parse_resume(cfg.resume)
+    resume_from = find_resume_checkpoint(run_dir, what)
+    if resume_from is None:
+        return None, 0
+    check_resume_config(resume_from, cfg, force)
+    return resume_from, checkpoint_step(resume_from)
+
+
 def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Sequence[Any] = ()) -> StageResult:
     """Train the stage described by ``cfg`` (see ``configs/train.yaml``).
 
     ``callbacks`` and ``plugins`` go to the Trainer after those of the config
     (``trainer.callbacks`` / ``trainer.plugins``, lists of ``_target_`` nodes), e.g. Lightning's
-    ``SLURMEnvironment`` from the cluster launcher.
+    ``SLURMEnvironment`` from the cluster launcher. Raises
+    :class:`~vldm.training.resume_check.ResumeConfigMismatch` before anything is written when a
+    resumed run's config differs from its stored one, and
+    :class:`~vldm.training.graceful_stop.TrainingInterrupted` after SIGINT / SIGTERM (with the
+    checkpoint written); ``model.safetensors`` is written only when the stage reached ``max_steps``.
     """
+    from vldm.training.graceful_stop import GracefulStop, StopRequested, TrainingInterrupted
+
     start = time.time()
     run_dir = Path(cfg.paths.output_dir)
+    resume_from, start_step = _resume_point(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_global_zero():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -157,42 +197,60 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
     datamodule.setup("fit")  # fail early on a missing or empty data directory
     module = build_module(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
     checkpointing = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step={step:06d}", auto_insert_metric_name=False,
                                     every_n_train_steps=cfg.stage.checkpoint_every, save_top_k=-1, save_last=True)
-    resume_from = find_resume_checkpoint(run_dir, cfg.resume)
+    stop = GracefulStop(last)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    all_callbacks = [checkpointing, DataPosition(datamodule), StepSeed(cfg.seed),
+    all_callbacks = [checkpointing, DataPosition(datamodule), StepSeed(cfg.seed), stop,
                      *_instantiate_list(trainer_cfg.pop("callbacks", None)), *callbacks]
     all_plugins = [*_instantiate_list(trainer_cfg.pop("plugins", None)), *plugins]
+    loggers = build_loggers(cfg, run_dir, start_step if resume_from is not None else None)
     trainer: pl.Trainer = instantiate(trainer_cfg, max_steps=cfg.stage.max_steps, default_root_dir=str(run_dir),
-                                      logger=build_loggers(cfg, run_dir, resume_from is not None),
-                                      callbacks=all_callbacks, plugins=all_plugins or None,
+                                      logger=loggers, callbacks=all_callbacks, plugins=all_plugins or None,
                                       val_check_interval=cfg.stage.val_every, check_val_every_n_epoch=None,
                                       _convert_="object")
     if resume_from is not None:
-        log.info("resuming from %s", resume_from)
+        log.info("resuming from %s (step %d of %d)", resume_from, start_step, cfg.stage.max_steps)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except FloatingPointError as err:
-        last = ckpt_dir / "last.ckpt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"training stopped: {err}; {kept}") from err
-    if trainer.interrupted:
-        raise KeyboardInterrupt(f"training interrupted at step {trainer.global_step}; resume from {ckpt_dir / 'last.ckpt'}")
+    except StopRequested:
+        pass  # GracefulStop wrote the checkpoint
+    if stop.requested:
+        name = signal_name(stop.signum)
+        raise TrainingInterrupted(f"{name}: training stopped at step {trainer.global_step}; checkpoint {stop.saved}; "
+                                  "run the same command again to resume there", stop.signum, stop.saved)
 
-    weights = _export_weights(trainer, module, run_dir / "model.safetensors",
-                              {"stage": cfg.stage.name, "global_step": str(trainer.global_step)})
-    last = ckpt_dir / "last.ckpt"
+    weights = run_dir / "model.safetensors"
+    trained = trainer.global_step - start_step
+    if trained > 0 or not weights.is_file():
+        weights = _export_weights(trainer, module, weights,
+                                  {"stage": cfg.stage.name, "global_step": str(trainer.global_step)})
     if not trainer.strategy.broadcast(last.is_file()):  # the same decision on every rank: saving is collective
         trainer.save_checkpoint(str(last))
-    result = StageResult(run_dir, weights, last, trainer.global_step, time.time() - start)
+    result = StageResult(run_dir, weights, last, trainer.global_step, time.time() - start, trained)
     if trainer.is_global_zero:
         skipped = getattr(datamodule, "num_skipped", 0)
         (run_dir / "result.json").write_text(json.dumps({
-            "stage": cfg.stage.name, "global_step": result.global_step, "weights": str(weights),
-            "last_checkpoint": str(last), "seconds": round(result.seconds, 1), "skipped_samples": skipped,
-            "resumed_from": str(resume_from) if resume_from else None,
+            "stage": cfg.stage.name, "global_step": result.global_step, "trained_steps": trained,
+            "weights": str(weights), "last_checkpoint": str(last), "seconds": round(result.seconds, 1),
+            "skipped_samples": skipped, "resumed_from": str(resume_from) if resume_from else None,
             "world_size": trainer.world_size,
         }, indent=2))
-    log.info("stage %s done: %d steps in %.0f s; weights %s", cfg.stage.name, result.global_step, result.seconds, weights)
+    if trained == 0:
+        log.warning("stage %s was already complete at step %d (stage.max_steps=%d): nothing was trained; to train "
+                    "longer raise stage.max_steps, for a new run give a new experiment_name",
+                    cfg.stage.name, trainer.global_step, cfg.stage.max_steps)
+    else:
+        log.info("stage %s done: %d steps (%d in this run) in %.0f s; weights %s", cfg.stage.name,
+                 result.global_step, trained, result.seconds, weights)
     return result
+
+
+def signal_name(signum: int | None) -> str:
+    import signal
+
+    return signal.Signals(signum).name if signum is not None else "stop"
