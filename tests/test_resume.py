@@ -57,6 +57,16 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _losses(run_dir: Path) -> dict[int, str]:
+    """``{step: train/loss}`` of a run's ``logs/metrics.csv``; a step logged twice fails."""
+    import csv
+
+    with (run_dir / "logs" / "metrics.csv").open(newline="") as file:
+        rows = [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(file) if r.get("train/loss")]
+    assert len({step for step, _ in rows}) == len(rows), rows
+    return dict(rows)
+
+
 def _assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
@@ -121,6 +131,9 @@ def test_killed_run_resumes_exactly(tmp_path: Path, toy_root: Path) -> None:
     with safe_open(a_dir / "model.safetensors", "pt") as fa, safe_open(b_dir / "model.safetensors", "pt") as fb:
         assert fa.metadata() == fb.metadata() and set(fa.keys()) == set(fb.keys())
         assert all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+
+    # the loss history survived the kill: every step once, the same losses as the uninterrupted run
+    assert _losses(b_dir) == _losses(a_dir) and sorted(_losses(a_dir)) == list(range(STEPS))
 
     # the wandb run continued: the same id, and both starts logged to it
     assert (b_dir / "wandb_run_id.txt").read_text().strip() == run_id
