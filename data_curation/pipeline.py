@@ -214,7 +214,7 @@ def _split_tasks(run: RunDir, split: str, rows: list[dict[str, Any]], paths: dic
     digests = {name: content_digest([c.meta for c in clips]) for name, clips in clips_of.items()}
     removed = reconcile_plan(plan_path, shard_dir, plan, output, digests)
     if removed:
-        notify(f"{split} shard plan changed (kept clips, their json or output settings differ): removed "
+        notify(f"shard plan changed ({split} split: kept clips, their json or output settings differ): removed "
                f"{len(removed)} old shard(s), rewriting them")
     return [ShardTask(name, str(shard_dir / name), clips, output) for name, clips in clips_of.items()]
 
