@@ -36,7 +36,7 @@ from data_curation.filters import apply_filters, filter_specs
 from data_curation.heldout import check_fraction, heldout_videos
 from data_curation.manifest import write_manifest
 from data_curation.records import clip_id
-from data_curation.scorers.motion import motion_bucket_id
+from data_curation.scorers.motion import check_bucket_scale, motion_bucket_id
 from data_curation.scoring import InputFile, ScoreTask, new_record, score_input, scoring_settings, set_error, worker_state
 from data_curation.shard_writer import (HELDOUT_PATTERN, SHARD_PATTERN, OutputConfig, ShardClip, ShardTask,
                                         content_digest, plan_shards, reconcile_plan, write_shard)
@@ -282,7 +282,7 @@ def curate(cfg: Any, notify: Callable[[str], None] = print) -> CurationResult:
         raise ValueError(f"unknown curation config keys {unknown}; known: {sorted(CONFIG_KEYS)}")
     check_sections(cfg)
     check_fraction(cfg.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION))
-    motion_bucket_id(0.0, float(cfg.get("motion_bucket_scale", DEFAULT_MOTION_BUCKET_SCALE)))  # refuses a scale <= 0
+    check_bucket_scale(cfg.get("motion_bucket_scale", DEFAULT_MOTION_BUCKET_SCALE))
     for key in ("input", "output"):
         if cfg.get(key) in (None, "", "???"):
             raise ValueError(f"set {key}=DIR (python -m data_curation input=RAW_DIR output=RUN_DIR)")

@@ -77,6 +77,14 @@ def test_heldout_choice_depends_only_on_the_video() -> None:
         heldout_videos(ids, 1.0)
 
 
+@pytest.mark.parametrize("flag, message", [("heldout_fraction=1.5", "heldout_fraction must be in"),
+                                           ("motion_bucket_scale=0", "motion_bucket_scale must be positive")])
+def test_bad_split_or_bucket_settings_stop_the_run_first(tmp_path: Path, flag: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _curate(tmp_path / "raw_not_listed", tmp_path / "out", flag)
+    assert not (tmp_path / "out").exists()
+
+
 def test_curated_json_carries_a_motion_bucket_the_reader_uses(curated: dict[str, Any]) -> None:
     metas = {**_metas(curated["out"] / "shards"), **_metas(curated["out"] / "heldout")}
     for meta in metas.values():

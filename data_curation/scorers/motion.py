@@ -90,6 +90,14 @@ class MotionScorer:
                 "static_threshold": self.static_threshold}
 
 
+def check_bucket_scale(full_scale: float) -> float:
+    """``full_scale`` as a float, or ``ValueError`` unless it is positive (``motion_bucket_scale``)."""
+    value = float(full_scale)
+    if not value > 0:
+        raise ValueError(f"motion_bucket_scale must be positive, got {full_scale}")
+    return value
+
+
 def motion_bucket_id(motion_score: float | None, full_scale: float) -> int | None:
     """SVD's ``motion_bucket_id`` (0..255) of a clip from its ``motion_score``: linear, clamped.
 
@@ -98,8 +106,7 @@ def motion_bucket_id(motion_score: float | None, full_scale: float) -> int | Non
     a motion bucket derived from optical flow; this linear map of the same flow score is monotone,
     so a higher bucket at sampling asks for more motion. None when the clip has no score.
     """
-    if full_scale <= 0:
-        raise ValueError(f"motion_bucket_scale must be positive, got {full_scale}")
+    full_scale = check_bucket_scale(full_scale)
     if motion_score is None or motion_score != motion_score:  # None or NaN
         return None
     return int(min(255, max(0, round(255.0 * float(motion_score) / full_scale))))
