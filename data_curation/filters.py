@@ -15,6 +15,11 @@ lowest value (``drop_lowest``) and clips strictly below it are dropped — so cl
 always share one fate, and a tie at the cut keeps all of them (a cut may drop fewer than ``k``,
 never more). ``fraction = 1`` drops every valued clip. ``drop_highest`` mirrors this.
 
+Small inputs: a quantile of a handful of values says nothing about the data (on 4 good clips,
+``drop_lowest: 0.25`` would always drop one of them). With ``min_clips`` set, a filter's quantile
+cuts apply only when at least ``min_clips`` clips have the column; below that they drop nothing
+(``min`` / ``max`` still apply), and a filter left with nothing else to do is skipped, saying why.
+
 Every filter is evaluated on all clips independently (a quantile does not depend on what the
 other filters removed), so the outcome does not depend on the order; the config order only
 decides ``dropped_by`` (the first filter in order that removes the clip). ``dropped_by_all`` lists
@@ -40,8 +45,11 @@ class FilterSpec:
     max: float | None = None
     drop_lowest: float | None = None
     drop_highest: float | None = None
+    min_clips: int = 0
 
     def __post_init__(self) -> None:
+        if int(self.min_clips) < 0:
+            raise ValueError(f"filter {self.name!r}: min_clips must be >= 0, got {self.min_clips}")
         if DROP_SEPARATOR in self.name or not self.name:
             raise ValueError(f"filter name must be non-empty without {DROP_SEPARATOR!r}, got {self.name!r}")
         for key in ("drop_lowest", "drop_highest"):
@@ -85,12 +93,18 @@ def quantile_cut(values: list[float], fraction: float, lowest: bool) -> float | 
     return ordered[k] if lowest else ordered[n - 1 - k]
 
 
+def quantiles_apply(spec: FilterSpec, num_valued: int) -> bool:
+    """Whether ``spec``'s quantile cuts apply to ``num_valued`` clips having its column (``min_clips``)."""
+    return num_valued >= int(spec.min_clips)
+
+
 def _removes(spec: FilterSpec, rows: list[Mapping[str, Any]]) -> tuple[list[bool], dict[str, float | None]]:
     """Which rows ``spec`` removes, and its resolved bounds (a quantile cut, else ``min``/``max``)."""
     values = [_value(row, spec.column) for row in rows]
     present = [v for v in values if v is not None]
-    low = quantile_cut(present, float(spec.drop_lowest), True) if spec.drop_lowest else None
-    high = quantile_cut(present, float(spec.drop_highest), False) if spec.drop_highest else None
+    quantiles = quantiles_apply(spec, len(present))
+    low = quantile_cut(present, float(spec.drop_lowest), True) if spec.drop_lowest and quantiles else None
+    high = quantile_cut(present, float(spec.drop_highest), False) if spec.drop_highest and quantiles else None
     bounds = {
         "threshold_min": low if low is not None and math.isfinite(low) else spec.min,
         "threshold_max": high if high is not None and math.isfinite(high) else spec.max,
@@ -135,8 +149,13 @@ def apply_filters(rows: Iterable[Mapping[str, Any]], specs: list[FilterSpec]) ->
     skipped: dict[str, str] = {}
     thresholds: dict[str, dict[str, float | None]] = {}
     for spec in specs:
-        if not any(_value(row, spec.column) is not None for row in rows):
+        valued = sum(_value(row, spec.column) is not None for row in rows)
+        if not valued:
             skipped[spec.name] = f"no clip has column {spec.column!r}"
+            continue
+        if spec.min is None and spec.max is None and not quantiles_apply(spec, valued):
+            skipped[spec.name] = (f"only {valued} clip(s) have column {spec.column!r}, fewer than its "
+                                  f"min_clips {spec.min_clips}: a quantile cut of so few drops nothing")
             continue
         removes, thresholds[spec.name] = _removes(spec, rows)
         active.append((spec, removes))

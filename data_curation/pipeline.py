@@ -10,7 +10,10 @@ caption similarity. :func:`curate` runs that as five phases over a run directory
 2. score each input in the engine (:func:`data_curation.scoring.score_input`) and journal one
    record per input — inputs whose record matches the file are skipped, which is resume,
 3. filter all clips on the driver (:mod:`data_curation.filters`),
-4. write the kept clips into shards in the engine (:mod:`data_curation.shard_writer`),
+4. hold out a validation split of the kept clips (:mod:`data_curation.heldout`), give every clip
+   its ``motion_bucket_id`` (:func:`data_curation.scorers.motion.motion_bucket_id`), and write the
+   kept clips into shards in the engine (:mod:`data_curation.shard_writer`): ``shards/`` for
+   training, ``heldout/`` for validation,
 5. write the manifest, ``summary.json`` and the HTML report.
 
 Bad inputs become manifest rows with an error code; the run itself only fails on a bad config.
@@ -30,19 +33,26 @@ from typing import Any, Callable, Iterable, Mapping
 from data_curation.config import check_sections
 from data_curation.engines import WorkerDied, make_engine
 from data_curation.filters import apply_filters, filter_specs
+from data_curation.heldout import check_fraction, heldout_videos
 from data_curation.manifest import write_manifest
 from data_curation.records import clip_id
+from data_curation.scorers.motion import check_bucket_scale, motion_bucket_id
 from data_curation.scoring import InputFile, ScoreTask, new_record, score_input, scoring_settings, set_error, worker_state
-from data_curation.shard_writer import OutputConfig, ShardClip, ShardTask, plan_shards, reconcile_plan, write_shard
+from data_curation.shard_writer import (HELDOUT_PATTERN, SHARD_PATTERN, OutputConfig, ShardClip, ShardTask,
+                                        content_digest, plan_shards, reconcile_plan, write_shard)
 from data_curation.work_dir import RunDir, atomic_write_bytes, atomic_write_json, file_stamp, record_is_current
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_EXTS = (".txt", ".json")
 CONFIG_KEYS = frozenset({"input", "output", "extensions", "analysis_short_side", "progress", "report", "prefilter",
-                         "cuts", "clips", "scorers", "filters", "shards", "engine"})
+                         "cuts", "clips", "scorers", "filters", "shards", "engine", "heldout_fraction",
+                         "motion_bucket_scale"})
+DEFAULT_HELDOUT_FRACTION = 0.05
+DEFAULT_MOTION_BUCKET_SCALE = 0.1
 # clip-row fields that describe the decision, not the clip: left out of the shard json
-_DECISION_FIELDS = ("row_type", "kept", "dropped_by", "dropped_by_all", "error_code", "error_message", "shard")
+_DECISION_FIELDS = ("row_type", "kept", "dropped_by", "dropped_by_all", "error_code", "error_message", "shard",
+                    "split")
 
 
 @dataclass
@@ -185,16 +195,14 @@ def _filter_phase(clip_rows: list[dict[str, Any]], filters: Mapping[str, Any] | 
     return summary
 
 
-def _write_phase(run: RunDir, kept: list[dict[str, Any]], paths: dict[str, str], cfg: dict[str, Any],
-                 engine: Any, notify: Callable[[str], None]) -> tuple[dict[str, str], dict[str, str], int]:
-    output = OutputConfig(**(cfg.get("shards") or {}))
-    by_id = {row["clip_id"]: row for row in kept}
-    plan = plan_shards(list(by_id), output.clips_per_shard)
-    removed = reconcile_plan(run.shard_plan, run.shards, plan, output)
-    if removed:
-        notify(f"shard plan changed (kept clips or output settings differ): removed {len(removed)} old shard(s), "
-               "rewriting them")
-    tasks = []
+def _split_tasks(run: RunDir, split: str, rows: list[dict[str, Any]], paths: dict[str, str],
+                 output: OutputConfig, notify: Callable[[str], None]) -> list[ShardTask]:
+    """The shard tasks of one split (``train``: ``shards/``, ``heldout``: ``heldout/``), plan reconciled."""
+    shard_dir, plan_path, pattern = ((run.shards, run.shard_plan, SHARD_PATTERN) if split == "train"
+                                     else (run.heldout, run.heldout_plan, HELDOUT_PATTERN))
+    by_id = {row["clip_id"]: row for row in rows}
+    plan = plan_shards(list(by_id), output.clips_per_shard, pattern)
+    clips_of: dict[str, tuple[ShardClip, ...]] = {}
     for name, ids in plan.items():
         clips = []
         for cid in ids:
@@ -202,8 +210,21 @@ def _write_phase(run: RunDir, kept: list[dict[str, Any]], paths: dict[str, str],
             meta = {k: v for k, v in row.items() if k not in _DECISION_FIELDS}
             clips.append(ShardClip(cid, paths[row["video_id"]], int(row["start_frame"]), int(row["end_frame"]),
                                    float(row["fps"]), meta))
-        task = ShardTask(name, str(run.shards / name), tuple(clips), output)
-        tasks.append(task)
+        clips_of[name] = tuple(clips)
+    digests = {name: content_digest([c.meta for c in clips]) for name, clips in clips_of.items()}
+    removed = reconcile_plan(plan_path, shard_dir, plan, output, digests)
+    if removed:
+        notify(f"shard plan changed ({split} split: kept clips, their json or output settings differ): removed "
+               f"{len(removed)} old shard(s), rewriting them")
+    return [ShardTask(name, str(shard_dir / name), clips, output) for name, clips in clips_of.items()]
+
+
+def _write_phase(run: RunDir, kept: list[dict[str, Any]], paths: dict[str, str], cfg: dict[str, Any],
+                 engine: Any, notify: Callable[[str], None]) -> tuple[dict[str, str], dict[str, str], int]:
+    output = OutputConfig(**(cfg.get("shards") or {}))
+    tasks = []
+    for split in ("train", "heldout"):
+        tasks += _split_tasks(run, split, [row for row in kept if row["split"] == split], paths, output, notify)
     todo = [t for t in tasks if not Path(t.path).exists()]
     errors: dict[str, str] = {}
     for task, result in _progress(engine.map_unordered(write_shard, todo), len(todo), "write",
@@ -211,8 +232,30 @@ def _write_phase(run: RunDir, kept: list[dict[str, Any]], paths: dict[str, str],
         if isinstance(result, WorkerDied) or result.error:
             errors[task.name] = result.message if isinstance(result, WorkerDied) else str(result.error)
             notify(f"shard {task.name} failed: {errors[task.name]}")
-    shard_of = {cid: name for name, ids in plan.items() if name not in errors for cid in ids}
+    shard_of = {clip.clip_id: task.name for task in tasks if task.name not in errors for clip in task.clips}
     return shard_of, errors, len(tasks) - len(todo)
+
+
+def _training_fields(clip_rows: list[dict[str, Any]], cfg: dict[str, Any], notify: Callable[[str], None]) -> int:
+    """Give every clip row its ``motion_bucket_id`` and every kept one its ``split``; returns the
+    number of kept clips without a caption (announced: they train on the empty caption)."""
+    scale = float(cfg.get("motion_bucket_scale", DEFAULT_MOTION_BUCKET_SCALE))
+    for row in clip_rows:
+        row["motion_bucket_id"] = motion_bucket_id(row.get("motion_score"), scale)
+    kept = [row for row in clip_rows if row["kept"]]
+    fraction = check_fraction(cfg.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION))
+    held = heldout_videos((row["video_id"] for row in kept), fraction)
+    for row in clip_rows:
+        row["split"] = ("heldout" if row["video_id"] in held else "train") if row["kept"] else None
+    if kept and not held:
+        notify(f"no clip held out for validation (heldout_fraction={fraction}, {len(set(r['video_id'] for r in kept))} "
+               "video(s) with kept clips): training on these shards has no validation set unless data.val_shards "
+               "names one")
+    uncaptioned = sum(1 for row in kept if not row.get("caption"))
+    if uncaptioned:
+        notify(f"{uncaptioned} of {len(kept)} kept clips have no caption: they train on the empty caption \"\" "
+               "(the unconditional text); give <video>.txt sidecars or a captioner (scorers.captions.captioner)")
+    return uncaptioned
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
@@ -220,8 +263,9 @@ def _summary_line(summary: dict[str, Any]) -> str:
     detail = f" ({', '.join(f'{code} {n}' for code, n in sorted(errors.items()))})" if errors else ""
     n_err = sum(errors.values())
     return (f"curated {summary['inputs']} inputs: {n_err} error{'s' if n_err != 1 else ''}{detail}, "
-            f"{summary['clips']} clips, {summary['kept']} kept → {summary['shards']} "
-            f"shard{'s' if summary['shards'] != 1 else ''} "
+            f"{summary['clips']} clips, {summary['kept']} kept ({summary['heldout']} held out) → "
+            f"{summary['shards']} shard{'s' if summary['shards'] != 1 else ''} "
+            f"+ {summary['heldout_shards']} held-out "
             f"in {summary['seconds']['total']:.1f} s")
 
 
@@ -237,6 +281,8 @@ def curate(cfg: Any, notify: Callable[[str], None] = print) -> CurationResult:
     if unknown:
         raise ValueError(f"unknown curation config keys {unknown}; known: {sorted(CONFIG_KEYS)}")
     check_sections(cfg)
+    check_fraction(cfg.get("heldout_fraction", DEFAULT_HELDOUT_FRACTION))
+    check_bucket_scale(cfg.get("motion_bucket_scale", DEFAULT_MOTION_BUCKET_SCALE))
     for key in ("input", "output"):
         if cfg.get(key) in (None, "", "???"):
             raise ValueError(f"set {key}=DIR (python -m data_curation input=RAW_DIR output=RUN_DIR)")
@@ -260,6 +306,7 @@ def curate(cfg: Any, notify: Callable[[str], None] = print) -> CurationResult:
         video_rows = [_video_row(r) for r in records]
         clip_rows = [row for r in records for row in _clip_rows(r)]
         filter_summary = _filter_phase(clip_rows, cfg.get("filters"), notify)
+        uncaptioned = _training_fields(clip_rows, cfg, notify)
         kept_by_video = Counter(row["video_id"] for row in clip_rows if row["kept"])
         for row in video_rows:
             row["kept"] = kept_by_video[row["video_id"]] > 0
@@ -288,8 +335,12 @@ def curate(cfg: Any, notify: Callable[[str], None] = print) -> CurationResult:
         "clips": len(clip_rows),
         "kept": len(kept),
         "dropped": len(clip_rows) - len(kept),
+        "heldout": sum(row["split"] == "heldout" for row in kept),
+        "heldout_videos": len({row["video_id"] for row in kept if row["split"] == "heldout"}),
+        "uncaptioned_kept": uncaptioned,
         "filters": filter_summary,
-        "shards": len(set(shard_of.values())),
+        "shards": len({name for name in shard_of.values() if not name.startswith("heldout-")}),
+        "heldout_shards": len({name for name in shard_of.values() if name.startswith("heldout-")}),
         "shards_reused": shards_reused,
         "shard_errors": shard_errors,
         "engine": engine_cfg.get("name", "local"),

@@ -168,4 +168,6 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "error_code": "a key of ERROR_CODES, null when fine",
     "error_message": "the error, in words",
     "shard": "name of the shard holding the kept clip",
+    "split": "'train' (shards/) or 'heldout' (heldout/, the validation split) for kept clips, null otherwise",
+    "motion_bucket_id": "SVD motion bucket 0..255 from motion_score (data_curation.scorers.motion.motion_bucket_id)",
 }

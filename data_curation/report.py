@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_curation.filters import FilterSpec, quantile_cut
+from data_curation.filters import FilterSpec, quantile_cut, quantiles_apply
 from data_curation.records import MANIFEST_COLUMNS
 
 # Columns of clip rows that are not scores (ids, spans, decisions) or that describe the whole input.
 _NOT_SCORES = set(MANIFEST_COLUMNS) | {
     "duration_s", "fps", "num_frames", "width", "height", "codec", "bits_per_pixel", "size_bytes",
-    "mtime", "size", "kept_any", "decoded_frames", "num_clips", "num_transitions",
+    "mtime", "size", "kept_any", "decoded_frames", "num_clips", "transitions",
 }
 CLIP_SECONDS = "clip_seconds"  # derived: end_s - start_s of each clip
 PREFERRED_ORDER = ("motion_score", "static", "text_ratio", "text_boxes", "aesthetic", "clip_similarity",
@@ -126,13 +126,15 @@ def normalise_filters(filters: Any, clips: list[dict[str, Any]]) -> list[DrawnFi
         name = str(f.get("name") or column)
         try:
             rule = FilterSpec(name=name, column=str(column), min=_number(f.get("min")), max=_number(f.get("max")),
-                              drop_lowest=_number(f.get("drop_lowest")), drop_highest=_number(f.get("drop_highest")))
+                              drop_lowest=_number(f.get("drop_lowest")), drop_highest=_number(f.get("drop_highest")),
+                              min_clips=int(_number(f.get("min_clips")) or 0))
         except ValueError:  # a rule the pipeline would refuse: nothing to draw
             continue
         spec = DrawnFilter(rule)
         resolved = "threshold_min" in f or "threshold_max" in f
         lo, hi = _number(f.get("threshold_min")), _number(f.get("threshold_max"))
         values = [v for v in (_number(r.get(rule.column)) for r in clips) if v is not None]
+        resolved = resolved or not quantiles_apply(rule, len(values))
         if rule.drop_lowest and not resolved:
             lo, spec.computed = quantile_threshold(values, rule.drop_lowest, lowest=True), True
         if rule.drop_highest and not resolved:

@@ -1,7 +1,8 @@
 """Webdataset shards of the kept clips: a deterministic plan, then one task per shard.
 
-The plan puts the kept clips, sorted by ``clip_id``, ``clips_per_shard`` to a shard
-(``clips-000000.tar``, ...), so the same kept set always gives the same shards. A shard holds, per
+The plan puts the kept clips of a split, sorted by ``clip_id``, ``clips_per_shard`` to a shard
+(``clips-000000.tar``, ... for training, ``heldout-000000.tar``, ... for the held-out split), so the
+same kept set always gives the same shards. A shard holds, per
 clip, ``<clip_id>.mp4`` (re-decoded from the source at the output size, H.264) and
 ``<clip_id>.json`` (every score, fps, source, time span, caption) — the layout
 :mod:`vldm.data.shards` reads. Tar members get fixed metadata (mtime 0, uid 0, mode 0644), so a
@@ -11,6 +12,7 @@ shard's bytes depend only on its clips and the output settings. A shard is writt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -25,6 +27,7 @@ from data_curation.work_dir import atomic_write_json, read_json
 from vldm.io.tar_shards import add_tar_member
 
 SHARD_PATTERN = "clips-{:06d}.tar"
+HELDOUT_PATTERN = "heldout-{:06d}.tar"
 
 
 @dataclass(frozen=True)
@@ -79,23 +82,31 @@ class ShardResult:
     error: str | None = None
 
 
-def plan_shards(kept_clip_ids: list[str], clips_per_shard: int) -> dict[str, list[str]]:
-    """``{shard name: [clip ids]}``: the sorted ids, ``clips_per_shard`` per shard."""
+def plan_shards(kept_clip_ids: list[str], clips_per_shard: int, pattern: str = SHARD_PATTERN) -> dict[str, list[str]]:
+    """``{shard name: [clip ids]}``: the sorted ids, ``clips_per_shard`` per shard, named by ``pattern``."""
     ids = sorted(kept_clip_ids)
     return {
-        SHARD_PATTERN.format(k): ids[i : i + clips_per_shard]
+        pattern.format(k): ids[i : i + clips_per_shard]
         for k, i in enumerate(range(0, len(ids), clips_per_shard))
     }
 
 
-def reconcile_plan(plan_path: Path, shard_dir: Path, plan: dict[str, list[str]], output: OutputConfig) -> list[str]:
+def content_digest(metas: list[dict[str, Any]]) -> str:
+    """SHA-1 of a shard's clip json (as written), so a shard whose clips' metadata changed is rewritten."""
+    text = json.dumps(metas, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def reconcile_plan(plan_path: Path, shard_dir: Path, plan: dict[str, list[str]], output: OutputConfig,
+                   digests: dict[str, str] | None = None) -> list[str]:
     """Save ``plan`` and remove shard files it does not vouch for; returns the removed names.
 
-    A shard file is kept only when the previous plan had the same clips under the same name and the
-    output settings are unchanged; otherwise (filters or settings changed) it is removed and will be
-    rewritten. The new plan is saved before any shard is written.
+    A shard file is kept only when the previous plan had the same clips under the same name, the
+    same ``digests`` entry (:func:`content_digest` of the clips' json) and the output settings are
+    unchanged; otherwise (filters, scores or settings changed) it is removed and will be rewritten.
+    The new plan is saved before any shard is written.
     """
-    stored = {"output": asdict(output), "shards": plan}
+    stored = {"output": asdict(output), "shards": plan, "digests": digests or {}}
     old: dict[str, Any] = {}
     if plan_path.exists():
         try:
@@ -104,9 +115,11 @@ def reconcile_plan(plan_path: Path, shard_dir: Path, plan: dict[str, list[str]],
             old = {}
     same_output = old.get("output") == stored["output"]
     old_shards = old.get("shards", {}) if same_output else {}
+    old_digests = old.get("digests", {})
     removed = []
     for path in sorted(shard_dir.glob("*.tar")):
-        if path.name not in plan or old_shards.get(path.name) != plan[path.name]:
+        if (path.name not in plan or old_shards.get(path.name) != plan[path.name]
+                or old_digests.get(path.name) != stored["digests"].get(path.name)):
             path.unlink()
             removed.append(path.name)
     if old != stored:

@@ -4,8 +4,10 @@ Layout under the output directory::
 
     work/videos/<video_id>.json   one record per input (video row + clip rows), written atomically
     work/thumbs/<clip_id>.jpg     middle frame of each clip at the analysis size (for the report)
-    work/shard_plan.json          which kept clip goes to which shard
-    shards/clips-000000.tar ...   kept clips (written as .tar.tmp, then renamed)
+    work/shard_plan.json          which kept training clip goes to which shard
+    work/heldout_plan.json        the same for the held-out (validation) clips
+    shards/clips-000000.tar ...   kept training clips (written as .tar.tmp, then renamed)
+    heldout/heldout-000000.tar .. kept held-out clips: the validation split
     manifest.parquet, summary.json, config.yaml, report.html
 
 Every file is written to a temporary name in the same directory, flushed, fsynced and renamed
@@ -71,8 +73,16 @@ class RunDir:
         return self.work / "shard_plan.json"
 
     @property
+    def heldout_plan(self) -> Path:
+        return self.work / "heldout_plan.json"
+
+    @property
     def shards(self) -> Path:
         return self.root / "shards"
+
+    @property
+    def heldout(self) -> Path:
+        return self.root / "heldout"
 
     @property
     def manifest(self) -> Path:
@@ -98,10 +108,10 @@ class RunDir:
 
     def prepare(self) -> int:
         """Create the directories and remove ``*.tmp`` leftovers of a killed run; returns how many."""
-        for d in (self.videos, self.thumbs, self.shards):
+        for d in (self.videos, self.thumbs, self.shards, self.heldout):
             d.mkdir(parents=True, exist_ok=True)
         removed = 0
-        for d in (self.root, self.work, self.videos, self.thumbs, self.shards):
+        for d in (self.root, self.work, self.videos, self.thumbs, self.shards, self.heldout):
             for tmp in d.glob("*.tmp"):
                 tmp.unlink(missing_ok=True)
                 removed += 1

@@ -70,7 +70,7 @@ def _run(raw, out, engine: list[str]) -> tuple[list[dict], dict]:
     cfg = compose_curate([f"input={raw}", f"output={out}", "progress=false", "report=false",
                           "shards.clips_per_shard=3", *engine])
     curate(cfg, notify=lambda line: None)
-    return read_manifest(out / "manifest.parquet"), tar_samples(out / "shards")
+    return read_manifest(out / "manifest.parquet"), {**tar_samples(out / "shards"), **tar_samples(out / "heldout")}
 
 
 @pytest.fixture(scope="module")

@@ -100,8 +100,11 @@ def test_each_kept_clip_is_in_the_shards_exactly_once(run: dict[str, Any]) -> No
 
     clips = {r["clip_id"]: r for r in run["rows"] if r["row_type"] == "clip"}
     kept = {cid for cid, r in clips.items() if r["kept"]}
-    shards = tar_samples(run["out"] / "shards")
-    assert len(shards) == -(-len(kept) // 4) == run["result"].summary["shards"]
+    train, heldout = tar_samples(run["out"] / "shards"), tar_samples(run["out"] / "heldout")
+    held = sum(clips[cid]["split"] == "heldout" for cid in kept)
+    assert len(train) == -(-(len(kept) - held) // 4) == run["result"].summary["shards"]
+    assert len(heldout) == -(-held // 4) == run["result"].summary["heldout_shards"]
+    shards = {**train, **heldout}
     seen = [key for samples in shards.values() for key in samples]
     assert sorted(seen) == sorted(kept)  # every kept clip once, nothing else
     assert not list((run["out"] / "shards").glob("*.tmp"))

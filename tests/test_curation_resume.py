@@ -89,7 +89,8 @@ def _same_outputs(out: Path, clean: Path, clean_rows: list[dict[str, Any]]) -> N
     assert rows == clean_rows
     assert sorted(r["source"] for r in rows if r["row_type"] == "video") == sorted(
         {r["source"] for r in clean_rows if r["row_type"] == "video"})  # every input exactly once
-    shards, want = tar_samples(out / "shards"), tar_samples(clean / "shards")
+    shards = {**tar_samples(out / "shards"), **tar_samples(out / "heldout")}
+    want = {**tar_samples(clean / "shards"), **tar_samples(clean / "heldout")}
     keys = [k for samples in shards.values() for k in samples]
     assert sorted(keys) == sorted(r["clip_id"] for r in rows if r["row_type"] == "clip" and r["kept"])
     assert len(keys) == len(set(keys))
@@ -123,6 +124,7 @@ def test_kill_during_writing_then_resume(raw: Path, tmp_path: Path) -> None:
     written = sorted((out / "shards").glob("*.tar"))
     assert written and not (out / "manifest.parquet").exists()
     plan = len(json.loads((out / "work" / "shard_plan.json").read_text())["shards"])
+    heldout_plan = len(json.loads((out / "work" / "heldout_plan.json").read_text())["shards"])
     assert len(written) < plan, "the write phase finished before the kill"
     before = _stamps(written)
     _finish(raw, out, extra)
@@ -133,7 +135,7 @@ def test_kill_during_writing_then_resume(raw: Path, tmp_path: Path) -> None:
     # a rerun of a finished run redoes nothing
     summary = curate(compose_curate([f"input={raw}", f"output={out}", "progress=false", "report=false", *extra]),
                      notify=lambda line: None).summary
-    assert summary["resumed_inputs"] == 14 and summary["shards_reused"] == plan
+    assert summary["resumed_inputs"] == 14 and summary["shards_reused"] == plan + heldout_plan
     assert _stamps(sorted((out / "shards").glob("*.tar"))) == after
 
 
@@ -147,6 +149,6 @@ def test_changed_filters_rewrite_only_what_changed(raw: Path, tmp_path: Path) ->
     assert second.summary["kept"] > first.summary["kept"]
     assert any(line.startswith("shard plan changed") for line in lines)
     rows = read_manifest(out / "manifest.parquet")
-    keys = [k for samples in tar_samples(out / "shards").values() for k in samples]
+    keys = [k for split in ("shards", "heldout") for samples in tar_samples(out / split).values() for k in samples]
     assert sorted(keys) == sorted(r["clip_id"] for r in rows if r["row_type"] == "clip" and r["kept"])
     assert len(keys) == len(set(keys)) == second.summary["kept"]

@@ -64,8 +64,7 @@ TOY_CASES = {  # what each `make demo` command resolves to
     "hq curated": dict(
         overrides=["paths.curated_dir=/curated", "stage=hq", "data=curated_hq"],
         model="vldm.training.module.DiffusionModule", network=TOY_VIDEO_UNET,
-        data=("video", "/curated/shards/clips-*.tar", "/toy/videos/val-*.tar", 8, 6,
-              {"text_ratio": {"max": 0.07}, "static": False}),
+        data=("video", "/curated/shards/clips-*.tar", "/curated/heldout/heldout-*.tar", 8, 6, None),  # base_filter
         steps=(200, 100, 200), init=("/r/runs/demo/video/model.safetensors", "full")),
 }
 

@@ -88,3 +88,25 @@ class MotionScorer:
         """The constructor arguments (for the report / manifest metadata)."""
         return {"method": self.method, "sample_fps": self.sample_fps, "short_side": self.short_side,
                 "static_threshold": self.static_threshold}
+
+
+def check_bucket_scale(full_scale: float) -> float:
+    """``full_scale`` as a float, or ``ValueError`` unless it is positive (``motion_bucket_scale``)."""
+    value = float(full_scale)
+    if not value > 0:
+        raise ValueError(f"motion_bucket_scale must be positive, got {full_scale}")
+    return value
+
+
+def motion_bucket_id(motion_score: float | None, full_scale: float) -> int | None:
+    """SVD's ``motion_bucket_id`` (0..255) of a clip from its ``motion_score``: linear, clamped.
+
+    ``round(255 * motion_score / full_scale)`` clamped to [0, 255]: 0 for a still clip, 255 from
+    ``full_scale`` on (a mean flow of that fraction of the short side per 0.5 s). SVD conditions on
+    a motion bucket derived from optical flow; this linear map of the same flow score is monotone,
+    so a higher bucket at sampling asks for more motion. None when the clip has no score.
+    """
+    full_scale = check_bucket_scale(full_scale)
+    if motion_score is None or motion_score != motion_score:  # None or NaN
+        return None
+    return int(min(255, max(0, round(255.0 * float(motion_score) / full_scale))))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vldm.data.shards import ShardDataset, SkipSample
+from vldm.data.shards import ShardDataset, SkipSample, caption_text
 from vldm.video.pixels import from_uint8
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class LatentClipDataset(ShardDataset):
             out["latents_logvar"] = tensors["latents_logvar"][:t].float()
         out["cond_frame"] = from_uint8(tensors["cond_frame"])
         out.update({k: v.float() for k, v in tensors.items() if k.startswith(CACHED_PREFIX)})
-        out.update(txt=str(meta.get("caption", "")), fps_id=int(meta["fps_id"]),
+        out.update(txt=caption_text(meta), fps_id=int(meta["fps_id"]),
                    motion_bucket_id=int(meta["motion_bucket_id"]))
         return out
 

@@ -64,6 +64,38 @@ def _rank_world() -> tuple[int, int]:
     return rank * info.num_workers + info.id, world * info.num_workers
 
 
+def caption_text(meta: dict[str, Any]) -> str:
+    """The caption a sample trains on: its json ``caption``, or ``""`` (the unconditional text) when
+    absent or null."""
+    caption = meta.get("caption")
+    return "" if caption is None else str(caption)
+
+
+def check_filter(spec: Any, name: str = "filter") -> dict[str, Any] | None:
+    """``spec`` as a plain dict (None when empty), or ``ValueError`` naming the expected form."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        raise ValueError(f"data.{name} must be a mapping of json fields, e.g. {{motion_score: {{min: 0.002}}}}, "
+                         f"got the string {spec!r}; on the command line quote it once for the shell only: "
+                         f"data.{name}='{{motion_score: {{min: 0.002}}}}'")
+    if not hasattr(spec, "items"):
+        raise ValueError(f"data.{name} must be a mapping of json fields, got {type(spec).__name__} {spec!r}")
+    return dict(spec) or None
+
+
+def merge_filters(base: Any, extra: Any) -> dict[str, Any] | None:
+    """One filter from ``base`` (a data config's own) and ``extra`` (the user's): every condition
+    of both applies; a field in both takes ``extra``'s condition."""
+    merged = {**(check_filter(base, "base_filter") or {}), **(check_filter(extra) or {})}
+    return merged or None
+
+
+def filter_misses(meta: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """The fields of ``spec`` that ``meta`` lacks (why a sample without scores never matches)."""
+    return [key for key in spec if key not in meta]
+
+
 def _matches(meta: dict[str, Any], spec: dict[str, Any]) -> bool:
     for key, want in spec.items():
         if key not in meta:
@@ -281,6 +313,24 @@ class ShardDataset(IterableDataset):
             sample["__floor__"] = min(held) if held else done
             yield sample
 
+    def count_matching(self, limit: int) -> tuple[int, int, dict[str, int]]:
+        """``(read, matched, missing)`` over the shards in file order, stopping at ``limit`` matches:
+        samples read, samples passing the filter, and per filter field how many read samples lack it."""
+        read, matched, missing = 0, 0, {key: 0 for key in (self.filter or {})}
+        for shard in self.shards:
+            for sample in iter_tar_samples(shard):
+                meta = self._meta(sample)
+                if isinstance(meta, str):
+                    continue
+                read += 1
+                for key in filter_misses(meta, self.filter or {}):
+                    missing[key] += 1
+                if not self.filter or _matches(meta, self.filter):
+                    matched += 1
+                    if matched >= limit:
+                        return read, matched, missing
+        return read, matched, missing
+
     def in_order(self) -> Iterator[dict[str, Any]]:
         """Every decodable sample once, in file order, whatever the rank or worker (no split, no
         shuffle, no repeat), with its json under ``__meta__``: for reference sets every rank needs
@@ -370,6 +420,11 @@ class VideoClipDataset(ShardDataset):
         self.size = frame_size(size)
         self.default_motion_bucket_id = default_motion_bucket_id
 
+    def motion_bucket(self, meta: dict[str, Any]) -> int:
+        """The json's ``motion_bucket_id`` (data_curation writes one per clip), else the default."""
+        value = meta.get("motion_bucket_id")
+        return self.default_motion_bucket_id if value is None else int(value)
+
     def decode(self, sample: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         ext = next((e for e in VIDEO_EXTS if e in sample), None)
         if ext is None:
@@ -387,9 +442,9 @@ class VideoClipDataset(ShardDataset):
         fps = float(meta.get("fps", fps))
         return {
             "video": frames_to_tensor(resize_center_crop(frames, self.size)),
-            "txt": str(meta.get("caption", "")),
+            "txt": caption_text(meta),
             "fps_id": max(int(round(fps / stride)) - 1, 0),
-            "motion_bucket_id": int(meta.get("motion_bucket_id", self.default_motion_bucket_id)),
+            "motion_bucket_id": self.motion_bucket(meta),
         }
 
 
@@ -419,4 +474,4 @@ class ImageDataset(ShardDataset):
         if image is None:
             raise SkipSample(f"cannot decode {ext} ({len(sample[ext])} bytes, starting {sample[ext][:16]!r})")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return {"jpg": frames_to_tensor(resize_center_crop(image, self.size)), "txt": str(meta.get("caption", ""))}
+        return {"jpg": frames_to_tensor(resize_center_crop(image, self.size)), "txt": caption_text(meta)}

@@ -27,19 +27,19 @@ def _is_url(spec: str) -> bool:
     return "://" in spec or spec.startswith("pipe:")
 
 
-def resolve_shards(spec: str | Path | list[str] | tuple[str, ...]) -> list[str]:
+def resolve_shards(spec: str | Path | list[str] | tuple[str, ...], hint: str = MAKE_TOY_HINT) -> list[str]:
     """Expand a directory (its ``*.tar``), glob, brace pattern or list into a list of shard paths.
 
-    URLs (``s3://...``, ``pipe:...``) pass through unchanged. Raises ``FileNotFoundError`` when a
-    path is missing or nothing matches.
+    URLs (``s3://...``, ``pipe:...``) pass through unchanged. Raises ``FileNotFoundError`` ending
+    in ``hint`` (how to make the shards) when a path is missing or nothing matches.
     """
     from braceexpand import braceexpand
 
     if isinstance(spec, (list, tuple)) or (hasattr(spec, "__iter__") and not isinstance(spec, (str, Path))):
         items = [str(s) for s in spec]
         if not items:
-            raise FileNotFoundError(f"empty list of shards given; {MAKE_TOY_HINT}")
-        return [shard for item in items for shard in resolve_shards(item)]
+            raise FileNotFoundError(f"empty list of shards given; {hint}")
+        return [shard for item in items for shard in resolve_shards(item, hint)]
     spec = str(spec)
     shards: list[str] = []
     for item in braceexpand(spec):
@@ -48,17 +48,17 @@ def resolve_shards(spec: str | Path | list[str] | tuple[str, ...]) -> list[str]:
         elif os.path.isdir(item):
             found = sorted(glob.glob(os.path.join(glob.escape(item), "*.tar")))
             if not found:
-                raise FileNotFoundError(f"no *.tar shards in directory '{item}'; {MAKE_TOY_HINT}")
+                raise FileNotFoundError(f"no *.tar shards in directory '{item}'; {hint}")
             shards += found
         elif glob.has_magic(item):
             found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
             if not found:
-                raise FileNotFoundError(f"no shards match '{item}'; {MAKE_TOY_HINT}")
+                raise FileNotFoundError(f"no shards match '{item}'; {hint}")
             shards += found
         elif os.path.isfile(item):
             shards.append(item)
         else:
-            raise FileNotFoundError(f"shard path '{item}' does not exist (from '{spec}'); {MAKE_TOY_HINT}")
+            raise FileNotFoundError(f"shard path '{item}' does not exist (from '{spec}'); {hint}")
     return shards
 
 

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 
 from vldm.data.frames import FrameWindow, frame_size
 from vldm.data.latent_dataset import LatentClipDataset, read_manifest
-from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset
-from vldm.io.tar_shards import resolve_shards
+from vldm.data.shards import RESUME_MODES, ImageDataset, ShardDataset, VideoClipDataset, merge_filters
+from vldm.io.tar_shards import MAKE_TOY_HINT, resolve_shards
 
 ShardSpec = str | list[str]
 
@@ -34,6 +34,12 @@ class ShardDataModule(pl.LightningDataModule):
     ``resume_mode`` ``"shard"`` (skip finished shards unread) or ``"exact"`` (bit-identical
     stream; replays the current pass's tar bytes without decoding). Validation takes the first
     ``val_samples`` samples (rounded down to a multiple of the rank count) split by index.
+
+    ``filter`` selects samples by their json (:mod:`vldm.data.shards`); ``base_filter`` is a data
+    config's own selection (e.g. ``curated_hq``'s score cuts) that applies together with it, so a
+    command-line ``data.filter`` adds conditions instead of replacing them. Both apply to training
+    and validation; a validation set left with no sample is refused at setup, naming why.
+    ``missing_hint`` ends the error for missing shards: how to make them.
     """
 
     def __init__(
@@ -52,6 +58,8 @@ class ShardDataModule(pl.LightningDataModule):
         resume_mode: str = "shard",
         frame_stride: int | Sequence[int] = 1,
         clip_start: str = "first",
+        base_filter: dict[str, Any] | None = None,
+        missing_hint: str = MAKE_TOY_HINT,
     ) -> None:
         super().__init__()
         if kind not in ("video", "image"):
@@ -69,7 +77,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.window = FrameWindow.of(num_frames or 1, frame_stride, clip_start)  # validated now, not in a worker
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
-        self.filter = dict(filter) if filter else None
+        self.filter = merge_filters(base_filter, filter)
+        self.missing_hint = missing_hint
         self.val_samples = val_samples
         self.train_dataset: ShardDataset | None = None
         self.val_dataset: ShardDataset | None = None
@@ -88,13 +97,28 @@ class ShardDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Resolve shards (``FileNotFoundError`` with a hint if missing) and build the datasets."""
         if self.train_dataset is None:
-            shards = resolve_shards(self.train_shards)
+            shards = resolve_shards(self.train_shards, self.missing_hint)
             self.train_dataset = self._make(shards, shuffle_buffer=self.shuffle_buffer, repeat=True)
         if self.val_dataset is None and self.val_shards and self.val_samples > 0:
-            shards = resolve_shards(self.val_shards)
+            shards = resolve_shards(self.val_shards, self.missing_hint)
             self.val_dataset = self._make(
                 shards, shuffle_buffer=0, repeat=False, max_samples=self.val_samples, shuffle_shards=False
             )
+            self._check_val(self.val_dataset)
+
+    def _check_val(self, dataset: ShardDataset) -> None:
+        """``ValueError`` when no validation sample passes the filter: names the shards, the filter and
+        the fields the samples lack."""
+        read, matched, missing = dataset.count_matching(1)
+        if matched:
+            return
+        lacking = ", ".join(f"{n} of {read} lack {key!r}" for key, n in missing.items() if n)
+        why = "no samples in them" if not read else f"none of {read} samples passes filter={self.filter}"
+        raise ValueError(
+            f"validation set is empty: {why} (val_shards={self.val_shards}{'; ' + lacking if lacking else ''}). "
+            "Give validation clips of the training kind and with the filtered fields (curated data: the run's "
+            "heldout/ split, data.val_shards=<curated>/heldout), relax data.filter, or set data.val_samples=0 "
+            "to train without validation")
 
     def train_dataloader(self) -> DataLoader:
         """Infinite loader of shuffled batches (``drop_last``: all batches are full)."""
