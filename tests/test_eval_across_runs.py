@@ -124,3 +124,12 @@ def test_evaluating_a_run_started_from_the_smoke_chain(smoke_chain: Path, toy_ro
     assert [(row["run"], row["cumulative_step"]) for row in rows] == [("smoke/video", "8"), ("smoke/hq", "12"),
                                                                       ("real/hq", "12")]
     assert [s.label for s in plot_series(results, "frpd")] == ["smoke/video", "smoke/hq", "real/hq"]
+
+
+def test_a_run_started_from_its_own_export_counts_from_zero(tmp_path: Path) -> None:
+    d = tmp_path / "runs" / "again" / "hq"
+    stage_dir(d.parent, "hq", d / "model.safetensors", 30)
+    said: list[str] = []
+    (ref,) = resolve_checkpoints(d, say=said.append)
+    assert (ref.offset, ref.cumulative_step, ref.init_run) == (0, 30, None)
+    assert any("leads back to again/hq" in line for line in said)

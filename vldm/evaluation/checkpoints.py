@@ -197,9 +197,12 @@ def run_lineage(run_dir: Path, say: Callable[[str], None] = print, _seen: tuple[
             f"count from 0")
         return Lineage()
     init_run, init_step = found
-    if init_run.resolve() in _seen:
-        raise ValueError(f"stage.init_from of {name} leads back to {init_run}: a cycle of runs")
-    before = run_lineage(init_run, say, (*_seen, run_dir.resolve()))
+    seen = (*_seen, run_dir.resolve())
+    if init_run.resolve() in seen:
+        say(f"[vldm] eval: {name} started from {init}, whose own lineage leads back to {name}: its steps count "
+            f"from 0")
+        return Lineage()
+    before = run_lineage(init_run, lambda _: None, seen)  # earlier runs speak for themselves when evaluated
     return Lineage(before.offset + init_step, init_run, init_step)
 
 

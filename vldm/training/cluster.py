@@ -334,7 +334,7 @@ def preflight(cfg: DictConfig, launcher_params: Mapping[str, Any] | None = None)
 
 
 # --------------------------------------------------------------------------- the job script, and the launchers
-def _script_executor(folder: str, max_num_timeout: int, python: str | None):
+def _script_executor(folder: str, max_num_timeout: int, python: str | None) -> Any:
     """submitit's SlurmExecutor for writing the job script only: it needs no ``srun`` on this machine."""
     from submitit.slurm.slurm import SlurmExecutor
 
