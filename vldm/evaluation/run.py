@@ -391,11 +391,11 @@ def _print_table(results: list[dict[str, Any]], say: Callable[[str], None]) -> N
     from vldm.evaluation.outputs import metric_names
 
     names = metric_names(results)
-    say("[vldm] eval: " + " | ".join(["checkpoint".ljust(18), "step".rjust(6), *[n.rjust(12) for n in names]]))
+    say("[vldm] eval: " + " | ".join(["checkpoint".ljust(26), "step".rjust(6), *[n.rjust(12) for n in names]]))
     for r in results:
         values = [f"{r['metrics'][n]['value']:.4g}".rjust(12) if n in r["metrics"] else "-".rjust(12) for n in names]
         step = "" if r.get("cumulative_step") is None else str(r["cumulative_step"])
-        say("[vldm] eval: " + " | ".join([str(r["name"])[:18].ljust(18), step.rjust(6), *values]))
+        say("[vldm] eval: " + " | ".join([str(r["name"])[:26].ljust(26), step.rjust(6), *values]))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
