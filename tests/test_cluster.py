@@ -197,7 +197,12 @@ def test_slurm_launcher_follows_the_trainer_and_sends_usr1_to_lightning() -> Non
 @pytest.mark.slow
 def test_rendered_slurm_job_for_2_nodes_x_8_gpus(tmp_path: Path) -> None:
     """`train.py -m hydra/launcher=slurm` through the real launcher and submitit; only sbatch is fake
-    (it keeps the script and refuses the submission)."""
+    (it keeps the script and refuses the submission). The files the job needs exist (the launcher
+    checks them before submitting; tests/test_cluster_dry_run.py)."""
+    for name in ("data/toy/videos/train-000000.tar", "data/toy/videos/val-000000.tar",
+                 "runs/toy/image/model.safetensors"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
     script = tmp_path / "job.sh"
     env = _fake_tools(tmp_path / "bin", sbatch=f'cp "$1" {shlex.quote(str(script))}\necho "fake sbatch" >&2\nexit 1\n',
                       srun="exit 1\n")

@@ -12,11 +12,12 @@ from omegaconf import OmegaConf
 from vldm.evaluation.checkpoints import CheckpointRef, checkpoint_state, load_checkpoint, resolve_checkpoints
 
 def fake_stage(root: Path, stage: str, kind: str = "diffusion", i2v: bool = True, step: int | None = 10,
-               steps: tuple[int, ...] = (), final: bool = True) -> Path:
+               steps: tuple[int, ...] = (), final: bool = True, init_from: Path | None = None) -> Path:
     """A stage run dir with only what resolution reads: config.yaml, result.json, (empty) weight files."""
     d = root / stage
     (d / "checkpoints").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"stage": {"name": stage, "kind": kind}, "seed": 0,
+    init = None if init_from is None else str(init_from)
+    OmegaConf.save(OmegaConf.create({"stage": {"name": stage, "kind": kind, "init_from": init}, "seed": 0,
                                      "model": {"diffusion": {"image_to_video": i2v}}}), d / "config.yaml")
     if step is not None:
         (d / "result.json").write_text(json.dumps({"stage": stage, "global_step": step}))
@@ -32,9 +33,9 @@ def fake_stage(root: Path, stage: str, kind: str = "diffusion", i2v: bool = True
 def fake_run(tmp_path: Path) -> Path:
     root = tmp_path / "runs" / "demo"
     fake_stage(root, "autoencoder", kind="autoencoder", i2v=False, step=500)
-    fake_stage(root, "hq", step=200, steps=(100, 200))
+    fake_stage(root, "hq", step=200, steps=(100, 200), init_from=root / "video" / "model.safetensors")
     fake_stage(root, "image", i2v=False, step=150, steps=(75, 150))
-    fake_stage(root, "video", step=380, steps=(190, 380))
+    fake_stage(root, "video", step=380, steps=(190, 380), init_from=root / "image" / "model.safetensors")
     return root
 
 

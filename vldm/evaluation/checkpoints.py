@@ -9,6 +9,15 @@ the video stage's model (Blattmann et al., 2023): its UNet goes into the video U
 identity temporal layers, zero new input channels and a zero vector-conditioning embedding
 (:func:`vldm.nn.inflate.load_image_weights`, what stage II starts from), so the result generates
 frame by frame with the image model — the paper's "stage 1 inflated" baseline.
+
+Steps across runs: a run that started from another vldm run's weights (``stage.init_from`` in its
+``config.yaml`` naming that run's ``model.safetensors`` or one of its ``checkpoints/step=N.ckpt``)
+counts its steps on from there: its ``offset`` is the init run's own offset plus the step of the
+file it started from (the init run's ``result.json`` ``global_step`` for ``model.safetensors``). So
+``runs/real/hq`` trained 10 steps from ``runs/demo/video`` (which ended at 530 counted from the
+start of stage I) sits at 540. A run that started from no file, or from a file outside any vldm
+run (a released model), counts from 0. Each run directory is its own series (``run``:
+``<experiment>/<stage>``, the run directory's last two parts).
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ class CheckpointRef:
     ``step=N.ckpt``, its EMA weights) or ``file`` (a weights file given directly).
     ``video_config``: for an image-stage checkpoint, the ``config.yaml`` of the video model it is
     inflated into (``None`` for video checkpoints).
-    ``offset``: training steps of the earlier stages of the chain, so ``offset + step`` is the step
-    counted from the start of stage I (the x axis of the plots).
+    ``offset``: training steps before this run started (see the module doc), so ``offset + step`` is
+    the step counted from the start of the first run of its lineage (the x axis of the plots).
+    ``init_run`` / ``init_step``: the run directory and step this run started from (``None`` when it
+    started from no vldm run).
     """
 
     name: str
@@ -46,6 +57,13 @@ class CheckpointRef:
     kind: str
     video_config: Path | None = None
     offset: int = 0
+    init_run: Path | None = None
+    init_step: int | None = None
+
+    @property
+    def run(self) -> str:
+        """The run's name: ``<experiment>/<stage>`` (the run directory's last two parts)."""
+        return f"{self.run_dir.parent.name}/{self.run_dir.name}"
 
     @property
     def inflated(self) -> bool:
@@ -100,7 +118,7 @@ def _find_video_config(root: Path, explicit: str | Path | None) -> Path:
         f"stage config: set video_config=<video stage run dir or its config.yaml>")
 
 
-def _refs_for_stage(run_dir: Path, cfg: DictConfig, every: str, offset: int,
+def _refs_for_stage(run_dir: Path, cfg: DictConfig, every: str, line: Lineage,
                     video_config: str | Path | None) -> list[CheckpointRef]:
     stage = str(cfg.stage.name)
     inflate_into = None if _image_to_video(cfg) else _find_video_config(run_dir.parent, video_config)
@@ -111,15 +129,15 @@ def _refs_for_stage(run_dir: Path, cfg: DictConfig, every: str, offset: int,
             match = _STEP_CKPT.match(path.name)
             if match:
                 step = int(match.group(1))
-                refs.append(CheckpointRef(f"{label} @{step}", stage, step, run_dir, path, "step", inflate_into, offset))
+                refs.append(CheckpointRef(f"{label} @{step}", stage, step, run_dir, path, "step", inflate_into,
+                                          line.offset, line.init_run, line.init_step))
     final = run_dir / "model.safetensors"
     if final.is_file():
         step = _final_step(run_dir)
-        if not any(r.step == step for r in refs) or step is None:
-            refs.append(CheckpointRef(label, stage, step, run_dir, final, "final", inflate_into, offset))
-        else:  # the final export and the last step checkpoint are the same step: keep the export
-            refs = [r for r in refs if r.step != step] + [
-                CheckpointRef(label, stage, step, run_dir, final, "final", inflate_into, offset)]
+        export = CheckpointRef(label, stage, step, run_dir, final, "final", inflate_into, line.offset,
+                               line.init_run, line.init_step)
+        # the final export and the last step checkpoint of the same step: keep the export
+        refs = [r for r in refs if step is None or r.step != step] + [export]
     if not refs:
         raise FileNotFoundError(f"stage run {run_dir} has no model.safetensors"
                                 + (" and no checkpoints/step=*.ckpt" if every == "all" else
@@ -127,15 +145,65 @@ def _refs_for_stage(run_dir: Path, cfg: DictConfig, every: str, offset: int,
     return refs
 
 
-def _chain_offsets(root: Path) -> dict[str, int]:
-    """Steps trained before each stage of a run root (image 0, video = image's steps, ...)."""
-    offsets, total = {}, 0
-    for d, cfg in _stage_dirs(root):
-        if cfg.stage.get("kind") != "diffusion":
-            continue
-        offsets[str(cfg.stage.name)] = total
-        total += _final_step(d) or 0
-    return offsets
+@dataclass(frozen=True)
+class Lineage:
+    """Where a run's steps start: ``offset`` steps trained before it, from ``init_run`` at ``init_step``."""
+
+    offset: int = 0
+    init_run: Path | None = None
+    init_step: int | None = None
+
+
+def _init_path(run_dir: Path, cfg: DictConfig) -> Path | None:
+    """``stage.init_from`` of a run as a path; a relative one is taken from the directory training ran
+    in (``run_dir`` less the relative ``paths.output_dir``), else from the current directory."""
+    init = cfg.stage.get("init_from")
+    if not init:
+        return None
+    path = Path(str(init))
+    if path.is_absolute():
+        return path
+    output_dir = Path(str(OmegaConf.select(cfg, "paths.output_dir", default="") or ""))
+    parts = [p for p in output_dir.parts if p != "."]
+    if parts and not output_dir.is_absolute() and list(run_dir.parts[-len(parts):]) == parts:
+        from_root = Path(*run_dir.parts[:-len(parts)]) / path
+        if from_root.exists():
+            return from_root
+    return path
+
+
+def _init_checkpoint(path: Path) -> tuple[Path, int] | None:
+    """``(run dir, step)`` of a vldm run's ``model.safetensors`` or ``checkpoints/step=N.ckpt``; else None."""
+    match = _STEP_CKPT.match(path.name)
+    run_dir = path.parent.parent if match and path.parent.name == "checkpoints" else path.parent
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    if match:
+        return run_dir, int(match.group(1))
+    step = _final_step(run_dir) if path.name == "model.safetensors" else None
+    return None if step is None else (run_dir, step)
+
+
+def run_lineage(run_dir: Path, say: Callable[[str], None] = print, _seen: tuple[Path, ...] = ()) -> Lineage:
+    """The steps trained before ``run_dir`` along its ``stage.init_from`` chain (see the module doc)."""
+    run_dir = Path(run_dir)
+    init = _init_path(run_dir, _stage_cfg(run_dir))
+    if init is None:
+        return Lineage()
+    found = _init_checkpoint(init)
+    name = f"{run_dir.parent.name}/{run_dir.name}"
+    if found is None:
+        say(f"[vldm] eval: {name} started from {init}, not a vldm run's export with a result.json: its steps "
+            f"count from 0")
+        return Lineage()
+    init_run, init_step = found
+    seen = (*_seen, run_dir.resolve())
+    if init_run.resolve() in seen:
+        say(f"[vldm] eval: {name} started from {init}, whose own lineage leads back to {name}: its steps count "
+            f"from 0")
+        return Lineage()
+    before = run_lineage(init_run, lambda _: None, seen)  # earlier runs speak for themselves when evaluated
+    return Lineage(before.offset + init_step, init_run, init_step)
 
 
 def _resolve_one(spec: str | Path, every: str, video_config: str | Path | None,
@@ -158,26 +226,25 @@ def _resolve_one(spec: str | Path, every: str, video_config: str | Path | None,
         label = f"{stage} (inflated)" if inflate_into else stage
         name = label if path.name == "model.safetensors" else f"{label} @{step}" if step is not None else \
             f"{label} {path.name}"
-        offset = _chain_offsets(run_dir.parent).get(stage, 0)
-        return [CheckpointRef(name, stage, step, run_dir, path, "step" if match else "file", inflate_into, offset)]
+        line = run_lineage(run_dir, say)
+        return [CheckpointRef(name, stage, step, run_dir, path, "step" if match else "file", inflate_into,
+                              line.offset, line.init_run, line.init_step)]
     if (path / "config.yaml").is_file():
         cfg = _stage_cfg(path)
         if cfg.stage.get("kind") != "diffusion":
             raise ValueError(f"{path} is the {cfg.stage.get('kind')} stage {cfg.stage.name!r}: an autoencoder makes "
                              f"no videos; give a diffusion stage (image, video, hq) or the run root {path.parent}")
-        offset = _chain_offsets(path.parent).get(str(cfg.stage.name), 0)
-        return _refs_for_stage(path, cfg, every, offset, video_config)
+        return _refs_for_stage(path, cfg, every, run_lineage(path, say), video_config)
     stages = _stage_dirs(path)
     if not stages:
         raise FileNotFoundError(f"{path} is neither a stage run dir (no config.yaml) nor a run root (no stage "
                                 f"directories with a config.yaml inside)")
     refs: list[CheckpointRef] = []
-    offsets = _chain_offsets(path)
     for d, cfg in stages:
         if cfg.stage.get("kind") != "diffusion":
             say(f"[vldm] eval: skipping {d.name} ({cfg.stage.get('kind')} stage: makes no videos)")
             continue
-        refs += _refs_for_stage(d, cfg, every, offsets.get(str(cfg.stage.name), 0), video_config)
+        refs += _refs_for_stage(d, cfg, every, run_lineage(d, say), video_config)
     if not refs:
         raise ValueError(f"{path} holds no diffusion stage (found: {', '.join(d.name for d, _ in stages)})")
     return refs

@@ -2,7 +2,7 @@
 
 A result is one checkpoint's record (see :func:`vldm.evaluation.run.evaluate`)::
 
-    {"name": "video", "stage": "video", "step": 380, "cumulative_step": 530, ...,
+    {"name": "video", "run": "demo/video", "stage": "video", "step": 380, "cumulative_step": 530, ...,
      "metrics": {"frpd": {"value": 1.2, "higher_is_better": false, "protocol": {...}, "warning": None}, ...},
      "skipped": {"fvd": "metrics.fvd.weights not set"}}
 """
@@ -14,10 +14,11 @@ import json
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ID_COLUMNS: tuple[str, ...] = ("name", "stage", "step", "cumulative_step", "num_videos")
+ID_COLUMNS: tuple[str, ...] = ("name", "run", "stage", "step", "cumulative_step", "num_videos")
 
 
 def metric_names(results: list[dict[str, Any]]) -> list[str]:
@@ -77,35 +78,74 @@ def _x(r: dict[str, Any], i: int) -> float:
     return float(i if x is None else x)
 
 
+@dataclass
+class Series:
+    """One run's points of one metric: ``label`` (the run name), ``xs`` (cumulative steps), ``ys``, and
+    ``start``: the point of the run it started from, when that run's checkpoint at that step is plotted."""
+
+    key: str
+    label: str
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    start: tuple[float, float] | None = None
+
+
+def _series_label(r: dict[str, Any]) -> str:
+    run = str(r.get("run") or r.get("name"))
+    return f"{run} (inflated)" if r.get("inflated") else run
+
+
+def plot_series(results: list[dict[str, Any]], metric: str) -> list[Series]:
+    """The finite values of ``metric``, one series per run directory (first-seen order), each sorted by
+    step; a run started from another plotted run's checkpoint starts from that point."""
+    by_key: dict[str, Series] = {}
+    for i, r in enumerate(results):
+        value = r.get("metrics", {}).get(metric, {}).get("value")
+        if value is None or not math.isfinite(value):
+            continue
+        key = str(r.get("run_dir") or r.get("name"))
+        series = by_key.setdefault(key, Series(key, _series_label(r)))
+        series.xs.append(_x(r, i))
+        series.ys.append(float(value))
+        series.records.append(r)
+    for series in by_key.values():
+        order = sorted(range(len(series.xs)), key=lambda j: series.xs[j])
+        series.xs, series.ys = [series.xs[j] for j in order], [series.ys[j] for j in order]
+        series.records = [series.records[j] for j in order]
+        first = series.records[0]
+        parent = by_key.get(str(first.get("init_run_dir")))
+        offset = first.get("offset")
+        if parent is not None and offset is not None:
+            series.start = next(((x, y) for x, y in zip(parent.xs, parent.ys) if x == float(offset)), None)
+    return list(by_key.values())
+
+
 def _plot_metric(ax: Any, results: list[dict[str, Any]], metric: str, labels: bool = True) -> bool:
-    """Metric vs training step (counted from the start of stage I): one line per stage, all points
-    joined in order by a thin dashed line, each point labelled with its checkpoint name."""
-    points = [(_x(r, i), r["metrics"][metric]["value"], r) for i, r in enumerate(results)
-              if metric in r.get("metrics", {}) and r["metrics"][metric].get("value") is not None
-              and math.isfinite(r["metrics"][metric]["value"])]
-    if not points:
+    """Metric vs training step (counted from the start of each run's lineage): one line per run
+    directory labelled with its run name, a dashed link from the point a run started from, each
+    point labelled with its checkpoint name."""
+    all_series = plot_series(results, metric)
+    if not all_series:
         return False
-    if len(points) > 1:
-        ax.plot([p[0] for p in points], [p[1] for p in points], "--", color="0.7", lw=1, zorder=1)
-    stages: list[str] = []
-    for _, _, r in points:
-        if r.get("stage") not in stages:
-            stages.append(r.get("stage"))
-    for stage in stages:
-        mine = [p for p in points if p[2].get("stage") == stage]
-        label = next((p[2]["name"] for p in mine if "(inflated)" in p[2]["name"]), stage)
-        ax.plot([p[0] for p in mine], [p[1] for p in mine], "o-", label=label, zorder=2)
+    for series in all_series:
+        (line,) = ax.plot(series.xs, series.ys, "o-", label=series.label, zorder=2)
+        if series.start is not None:
+            ax.plot([series.start[0], series.xs[0]], [series.start[1], series.ys[0]], "--",
+                    color=line.get_color(), lw=1, zorder=1)
     if labels:
-        for x, y, r in points:
-            ax.annotate(f"{r['name']}\n{y:.4g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    first = points[0][2]["metrics"][metric]
+        for series in all_series:
+            for x, y, r in zip(series.xs, series.ys, series.records):
+                ax.annotate(f"{r['name']}\n{y:.4g}", (x, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
+    first = all_series[0].records[0]["metrics"][metric]
     better = first.get("higher_is_better")
     arrow = " (higher is better)" if better else " (lower is better)" if better is False else ""
     if metric.endswith("_ratio"):
         arrow = " (1 = as the reference)"
     ax.margins(x=0.15, y=0.12)
     ax.set_title(f"{metric}{arrow}", fontsize=9)
-    ax.set_xlabel("training step (from the start of stage I)", fontsize=8)
+    ax.set_xlabel("training step (from the start of the run's lineage)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return True

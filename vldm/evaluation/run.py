@@ -313,7 +313,9 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
              "motion_bucket_id": _or_clips(settings.motion_bucket_id),
              "sampler": {k: v for k, v in sampler.items() if k != "progress"}}
     metrics, per_video = score(suite, refs, clips, indices, videos, fps, True, settings.seeds_text(len(clips)), extra)
-    return {"name": ref.name, "stage": ref.stage, "step": ref.step, "cumulative_step": ref.cumulative_step,
+    return {"name": ref.name, "run": ref.run, "stage": ref.stage, "step": ref.step,
+            "cumulative_step": ref.cumulative_step, "offset": ref.offset,
+            "init_run_dir": None if ref.init_run is None else str(ref.init_run), "init_step": ref.init_step,
             "kind": ref.kind, "inflated": ref.inflated, "weights": str(ref.weights_path), "run_dir": str(ref.run_dir),
             "num_videos": len(clips), "num_frames": num_frames, "resolution": size_record(size),
             "seeds": settings.seeds_text(len(clips)),
@@ -378,7 +380,7 @@ def evaluate_folder(cfg: DictConfig, suite: MetricSuite, refs: ReferenceCache, r
     mine = shard_indices(len(files), rank, world)
     metrics, per_video = score(suite, refs, clips, mine, videos[mine], [fps[i] for i in mine], paired,
                                "unknown (folder of videos)", {"videos": str(cfg.videos)})
-    return {"name": Path(cfg.videos).name, "stage": "folder", "step": None, "cumulative_step": None, "kind": "folder",
+    return {"name": Path(cfg.videos).name, "run": str(cfg.videos), "stage": "folder", "step": None, "cumulative_step": None, "kind": "folder",
             "inflated": False, "weights": None, "run_dir": str(cfg.videos), "num_videos": len(files),
             "num_frames": int(videos.shape[1]), "resolution": size_record(videos.shape[2:4]),
             "files": [p.name for p in files], "metrics": metrics, "per_video": per_video, "skipped": skipped,
@@ -389,11 +391,11 @@ def _print_table(results: list[dict[str, Any]], say: Callable[[str], None]) -> N
     from vldm.evaluation.outputs import metric_names
 
     names = metric_names(results)
-    say("[vldm] eval: " + " | ".join(["checkpoint".ljust(18), "step".rjust(6), *[n.rjust(12) for n in names]]))
+    say("[vldm] eval: " + " | ".join(["checkpoint".ljust(26), "step".rjust(6), *[n.rjust(12) for n in names]]))
     for r in results:
         values = [f"{r['metrics'][n]['value']:.4g}".rjust(12) if n in r["metrics"] else "-".rjust(12) for n in names]
         step = "" if r.get("cumulative_step") is None else str(r["cumulative_step"])
-        say("[vldm] eval: " + " | ".join([str(r["name"])[:18].ljust(18), step.rjust(6), *values]))
+        say("[vldm] eval: " + " | ".join([str(r["name"])[:26].ljust(26), step.rjust(6), *values]))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
