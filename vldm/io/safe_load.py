@@ -1,20 +1,95 @@
 """Safe, strict checkpoint loading: safetensors or ``torch.load(weights_only=True)`` only.
 
 A mismatch never passes silently: :func:`load_strict` names the missing, unexpected and
-wrongly shaped keys.
+wrongly shaped keys. Every safetensors file vldm writes (:func:`save_safetensors`,
+:func:`write_weights`) records the SHA-256 of its tensor data in its metadata
+(:data:`CONTENT_HASH`); every read of such a file checks it (:func:`verify_content_hash`), so a
+flipped bit is refused before it is trained on. Files without the entry (released weights) load
+unchecked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import json
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 
+CONTENT_HASH = "vldm_sha256"  # metadata key: hex SHA-256 of every byte after the header
+HASH_CHUNK = 16 * 1024 * 1024
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+def safetensors_metadata(path: str | Path) -> tuple[dict[str, str], int]:
+    """A safetensors file's ``__metadata__`` and the byte where its tensor data starts."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"cannot read checkpoint {path}: header too small")
+        (size,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(f.read(size))
+        except (ValueError, MemoryError) as err:
+            raise CheckpointError(f"cannot read checkpoint {path}: its header is not JSON ({err})") from err
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in (meta or {}).items()}, 8 + size
+
+
+def data_digest(path: str | Path, start: int) -> str:
+    """Hex SHA-256 of the bytes of ``path`` from ``start`` to its end."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_content_hash(path: str | Path) -> bool:
+    """Check a safetensors file's recorded :data:`CONTENT_HASH`; False when it records none.
+
+    Raises :class:`CheckpointError` naming the file when the tensor data differs from the hash."""
+    metadata, start = safetensors_metadata(path)
+    recorded = metadata.get(CONTENT_HASH)
+    if recorded is None:
+        return False
+    found = data_digest(path, start)
+    if found != recorded:
+        raise CheckpointError(f"{path} is corrupt: its tensor data does not match the content hash vldm recorded "
+                              f"when writing it ({CONTENT_HASH} {recorded[:12]}..., the data gives {found[:12]}...; "
+                              f"a flipped bit or a damaged copy): copy the file again, or re-export it from its run")
+    return True
+
+
+def file_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of ``path`` (empty for other formats or unreadable files)."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return {}
+    try:
+        return safetensors_metadata(path)[0]
+    except (CheckpointError, OSError):
+        return {}
+
+
+def describe_file(path: str | Path) -> str:
+    """What a weights file says it is, from its metadata (stage, format, source), or ``""``."""
+    meta = file_metadata(path)
+    parts = []
+    if meta.get("stage"):
+        parts.append(f"the weights of a vldm '{meta['stage']}' stage (metadata stage={meta['stage']}"
+                     + (f", global_step={meta['global_step']}" if meta.get("global_step") else "") + ")")
+    if meta.get("format") == "svd" and "vldm_version" in meta:
+        parts.append(f"a vldm export in the SVD layout (of stage '{meta.get('source_stage', '?')}', "
+                     f"model_channels={meta.get('model_channels', '?')})")
+    return "; ".join(parts)
 
 
 def load_state_dict_file(path: str | Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
@@ -32,11 +107,14 @@ def load_state_dict_file(path: str | Path, prefix: str | None = None) -> dict[st
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
+            verify_content_hash(path)
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             if isinstance(state, Mapping) and "state_dict" in state:
                 state = state["state_dict"]
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -84,13 +162,15 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str 
     module.load_state_dict(dict(state), strict=True)
 
 
-def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors (made contiguous, shared storage broken) to ``path`` atomically."""
-    from safetensors.torch import save_file
+def write_weights(path: str | Path, specs: Sequence[tuple[str, Sequence[int], torch.dtype]],
+                  produce: Callable[[str], torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Stream tensors to a safetensors file atomically, one at a time, with its :data:`CONTENT_HASH`."""
+    from vldm.io.safetensors_stream import write_safetensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    return write_safetensors(path, specs, produce, metadata, digest_key=CONTENT_HASH)
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors (shared storage written once per name) to ``path`` atomically, with its :data:`CONTENT_HASH`."""
+    specs = [(k, tuple(v.shape), v.dtype) for k, v in state.items()]
+    return write_weights(path, specs, lambda key: state[key], metadata)
