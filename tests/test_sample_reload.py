@@ -154,3 +154,14 @@ def test_an_image_to_video_run_asks_for_an_image(video_run: Path, tmp_path: Path
         sample(checkpoint=video_run, output_dir=tmp_path)
     with pytest.raises(ValueError, match="not prompt"):
         sample(checkpoint=video_run, prompt="x", output_dir=tmp_path)
+
+
+def test_the_recorded_fps_reads_back_as_the_preset() -> None:
+    from vldm.checkpoints.export import fps_record
+    from vldm.sampling.run import trained_fps
+
+    assert fps_record({8: 40}) == "8" and trained_fps({"fps": fps_record({8: 40})}) == 8
+    assert trained_fps({"fps": fps_record({4: 10, 8: 30, 16: 2})}) == 8
+    assert trained_fps({}) is None
+    with pytest.raises(ValueError, match="no training clips"):
+        fps_record({})

@@ -125,3 +125,15 @@ def test_a_wrong_stage_file_says_what_it_is_and_what_was_expected(runs: Path) ->
     assert "the weights of a vldm 'image' stage (metadata stage=image, global_step=4)" in message
     assert "expected this very image-to-video model (a vldm 'video' or 'hq' stage)" in message
     assert "stage.init_mode=inflate" in message
+
+
+def test_in_memory_weights_carry_the_hash_too() -> None:
+    from vldm.io.safe_load import load_weights_bytes, weights_bytes
+
+    state = {"latents": torch.randn(2, 4, 4, 4), "empty": torch.zeros(0)}
+    data = weights_bytes(state, {"kind": "latent"})
+    assert all(torch.equal(load_weights_bytes(data)[k], v) for k, v in state.items())
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x01
+    with pytest.raises(CheckpointError, match="clip_07.safetensors is corrupt"):
+        load_weights_bytes(bytes(flipped), what="clip_07.safetensors")

@@ -1,9 +1,10 @@
 """Safe, strict checkpoint loading: safetensors or ``torch.load(weights_only=True)`` only.
 
 A mismatch never passes silently: :func:`load_strict` names the missing, unexpected and
-wrongly shaped keys. Every safetensors file vldm writes (:func:`save_safetensors`,
-:func:`write_weights`) records the SHA-256 of its tensor data in its metadata
-(:data:`CONTENT_HASH`); every read of such a file checks it (:func:`verify_content_hash`), so a
+wrongly shaped keys. The writers here (:func:`save_safetensors`, :func:`write_weights`, and
+:func:`weights_bytes` in memory) record the SHA-256 of the tensor data in the metadata
+(:data:`CONTENT_HASH`); the readers (:func:`load_state_dict_file`, :func:`load_weights_bytes`,
+:class:`~vldm.io.tensor_source.TensorSource` through :func:`verify_content_hash`) check it, so a
 flipped bit is refused before it is trained on. Files without the entry (released weights) load
 unchecked.
 """
@@ -53,6 +54,13 @@ def data_digest(path: str | Path, start: int) -> str:
     return digest.hexdigest()
 
 
+def _check_digest(recorded: str, found: str, what: str | Path) -> None:
+    if found != recorded:
+        raise CheckpointError(f"{what} is corrupt: its tensor data does not match the content hash vldm recorded "
+                              f"when writing it ({CONTENT_HASH} {recorded[:12]}..., the data gives {found[:12]}...; "
+                              f"a flipped bit or a damaged copy): copy the file again, or re-export it from its run")
+
+
 def verify_content_hash(path: str | Path) -> bool:
     """Check a safetensors file's recorded :data:`CONTENT_HASH`; False when it records none.
 
@@ -61,12 +69,33 @@ def verify_content_hash(path: str | Path) -> bool:
     recorded = metadata.get(CONTENT_HASH)
     if recorded is None:
         return False
-    found = data_digest(path, start)
-    if found != recorded:
-        raise CheckpointError(f"{path} is corrupt: its tensor data does not match the content hash vldm recorded "
-                              f"when writing it ({CONTENT_HASH} {recorded[:12]}..., the data gives {found[:12]}...; "
-                              f"a flipped bit or a damaged copy): copy the file again, or re-export it from its run")
+    _check_digest(recorded, data_digest(path, start), path)
     return True
+
+
+def weights_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """``state`` as the bytes of a safetensors file (e.g. a tar member), with its :data:`CONTENT_HASH`."""
+    from vldm.io.safetensors_stream import header_bytes, tensor_bytes
+
+    specs = [(k, tuple(v.shape), v.dtype) for k, v in state.items()]
+    data = b"".join(bytes(tensor_bytes(state[k], dtype)) for k, _, dtype in specs if state[k].numel())
+    head, _ = header_bytes(specs, {**(metadata or {}), CONTENT_HASH: hashlib.sha256(data).hexdigest()})
+    return head + data
+
+
+def load_weights_bytes(data: bytes, what: str = "safetensors bytes") -> dict[str, torch.Tensor]:
+    """The tensors of safetensors bytes (:func:`weights_bytes`), their :data:`CONTENT_HASH` checked when recorded."""
+    from safetensors.torch import load
+
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + size])
+        recorded = (header.get("__metadata__") or {}).get(CONTENT_HASH)
+    except (struct.error, ValueError, AttributeError) as err:
+        raise CheckpointError(f"cannot read {what}: not safetensors ({err})") from err
+    if recorded is not None:
+        _check_digest(recorded, hashlib.sha256(data[8 + size:]).hexdigest(), what)
+    return load(data)
 
 
 def file_metadata(path: str | Path) -> dict[str, str]:

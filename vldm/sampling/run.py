@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vldm.diffusion.sampler_config import SamplerConfig
+from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.sampling.images import fit_size, list_images, load_image, open_image
 from vldm.sampling.memory_plan import format_bytes
 
@@ -85,7 +87,7 @@ def video_settings(cfg: DictConfig, preset: dict) -> VideoSettings:
 class Loaded:
     """A model to sample, its preset settings, and what the weights are (for names and the json)."""
 
-    model: Any
+    model: LatentDiffusion
     preset: dict
     weights: Path
     source: str        # "model config <name>" | "vldm run" | "vldm export"
@@ -109,7 +111,7 @@ def load_for_sampling(cfg: DictConfig, device: torch.device, dtype: torch.dtype)
         model = load_exported(path, dtype=dtype, device="cpu")
         return Loaded(model, exported_preset(metadata), path, "vldm export", metadata)
     run_dir, weights = resolve_run(path)
-    model, train_cfg = load_run(run_dir)
+    model, train_cfg = load_run(weights)
     if dtype != torch.float32:
         model = model.to(dtype)
     metadata = file_metadata(weights)
@@ -239,16 +241,17 @@ def check_inputs(cfg: DictConfig, image_to_video: bool) -> None:
         raise ValueError(f"{cfg.checkpoint} is a text-to-image model: give prompt=\"...\" (it writes images)")
 
 
-def sampler_config(cfg: DictConfig, model: Any):
+def sampler_config(cfg: DictConfig, model: LatentDiffusion) -> SamplerConfig:
     """The model's sampler preset with the command line's ``sampler.*`` over it."""
     chosen = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if v is not None}
     return replace(model.sampler_cfg, **chosen, progress=True)
 
 
-def base_record(cfg: DictConfig, loaded: Loaded, dtype: torch.dtype, sampler_cfg) -> dict:
-    """What every output's name hash covers besides its input and seed."""
+def base_record(cfg: DictConfig, loaded: Loaded, device: torch.device, dtype: torch.dtype,
+                sampler_cfg: SamplerConfig) -> dict:
+    """What every output's name hash covers besides its input and seed (a memory budget may change the dtype)."""
     return {"checkpoint": checkpoint_identity(loaded.weights, loaded.metadata), "source": loaded.source,
-            "dtype": str(dtype), "resize": cfg.resize,
+            "device": device.type, "dtype": str(dtype), "max_memory": cfg.max_memory, "resize": cfg.resize,
             "sampler": {k: v for k, v in asdict(sampler_cfg).items() if k != "progress"}}
 
 
@@ -274,7 +277,7 @@ def _sample_clips(cfg: DictConfig, loaded: Loaded, images: list[Path], device: t
     model = loaded.model
     base = video_settings(cfg, video_preset(loaded.preset))
     sampler_cfg = sampler_config(cfg, model)
-    record = base_record(cfg, loaded, dtype, sampler_cfg)
+    record = base_record(cfg, loaded, device, dtype, sampler_cfg)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -337,7 +340,7 @@ def sample_images(cfg: DictConfig, loaded: Loaded, device: torch.device, dtype: 
     prompts = [cfg.prompt] if isinstance(cfg.prompt, str) else [str(p) for p in cfg.prompt]
     height, width = image_size(cfg, loaded.preset)
     sampler_cfg = sampler_config(cfg, loaded.model)
-    record = {**base_record(cfg, loaded, dtype, sampler_cfg), "height": height, "width": width}
+    record = {**base_record(cfg, loaded, device, dtype, sampler_cfg), "height": height, "width": width}
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler, plan = lean_sampler(loaded.model, device, dtype, cfg.max_memory, 1, height, width, sampler_cfg)
