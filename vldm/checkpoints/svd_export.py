@@ -262,3 +262,7 @@ def sgm_inference_yaml(cfg: DictConfig, skeleton: Any, scale: float, out: Path) 
               f"'softmax' / 'vanilla' (same weights as the -xformers variants); CLIP 'version: null' because the\n"
               f"# checkpoint holds the tower's weights (nothing is downloaded).\n{note}")
     return header + OmegaConf.to_yaml(OmegaConf.create(sgm_config(cfg, skeleton, scale, arch)))
+
+
+if __name__ == "__main__":
+    raise SystemExit("this module has no command line: export with python -m vldm.jobs.export RUN_DIR OUT.safetensors")
