@@ -1,4 +1,4 @@
-"""Image-to-video from a trained checkpoint: `python sample.py checkpoint=RUN_DIR image=PATH`."""
+"""Image-to-video (`python sample.py checkpoint=RUN_DIR_OR_FILE image=PATH`) or text-to-image (`prompt=...`)."""
 
 import hydra
 from omegaconf import DictConfig
@@ -9,7 +9,7 @@ from vldm.sampling.run import sample_videos
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
     for path in sample_videos(cfg):
-        print(f"[vldm] wrote {path} (+ .gif, .json)")
+        print(f"[vldm] wrote {path} (+ {'.json' if path.suffix == '.png' else '.gif, .json'})")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ def test_library_imports_and_sample_py_run_without_lightning(tmp_path: Path) -> 
             assert not exit.code, exit.code
     """)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "out" / "frame_seed0.mp4").stat().st_size > 0
-    assert (tmp_path / "out" / "frame_seed0.json").is_file()
+    [mp4] = (tmp_path / "out").glob("frame_seed0_*.mp4")  # <image>_seed<N>_<settings hash>
+    assert mp4.stat().st_size > 0 and mp4.with_suffix(".json").is_file()
 
 
 def test_an_official_layout_file_loads_and_samples_without_lightning(tmp_path: Path) -> None:

@@ -41,6 +41,17 @@ def export_metadata(metadata: Mapping | None) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
 
 
+def fps_record(clips_per_fps: Mapping[int, int]) -> str:
+    """The weights metadata ``fps`` of a run: the rate its clips were trained at (``fps_id + 1``), as an
+    int when there was one rate, else JSON ``{fps: number of clips}`` (``sample.py`` presets the most frequent)."""
+    counts = {int(fps): int(n) for fps, n in clips_per_fps.items() if n}
+    if not counts:
+        raise ValueError("no training clips counted: nothing to record as the run's fps")
+    if len(counts) == 1:
+        return str(next(iter(counts)))
+    return json.dumps({str(fps): counts[fps] for fps in sorted(counts)})
+
+
 def export_safetensors(module: nn.Module, path: str | Path, metadata: dict | None = None,
                        use_ema: bool = True) -> Path:
     return save_safetensors(export_state(module, use_ema), path, export_metadata(metadata))

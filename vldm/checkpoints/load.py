@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vldm.io.safe_load import load_state_dict_file, load_strict
+from vldm.io.safe_load import CheckpointError, file_metadata, load_state_dict_file, load_strict
 from vldm.models.latent_diffusion import LatentDiffusion
 
 MODEL_CONFIGS = "svd, svd_xt, svd_xt_1_1, svd_image_decoder, svd_xt_image_decoder, sd21"
@@ -48,6 +48,10 @@ def resolve_run(checkpoint: str | Path) -> tuple[Path, Path]:
     if not weights.is_file():
         raise FileNotFoundError(f"no weights at {weights} (give a stage's run directory or its model.safetensors)")
     if not (run_dir / "config.yaml").is_file():
+        if "vldm_model_config" in file_metadata(weights):
+            raise FileNotFoundError(f"{weights} is a vldm export (it carries its model config), not a run directory: "
+                                    f"load it with vldm.checkpoints.svd_export.load_exported, or sample it with "
+                                    f"python sample.py checkpoint={weights} image=...")
         raise FileNotFoundError(f"no config.yaml beside {weights}: cannot tell which model these weights belong to "
                                 f"(for an official file name its model, e.g. model=svd_xt; known: {MODEL_CONFIGS})")
     return run_dir, weights
@@ -71,7 +75,7 @@ def load_model_file(model_cfg: DictConfig, checkpoint: str | Path, dtype: torch.
     The model is built on the meta device and each tensor is read memory-mapped and cast as it
     is loaded, so asking for fp16 never makes a full fp32 copy on the host.
     """
-    from vldm.checkpoints.official import load_pretrained
+    from vldm.checkpoints.official import ModelMismatch, load_pretrained
 
     path = Path(checkpoint)
     if path.is_dir():
@@ -81,6 +85,27 @@ def load_model_file(model_cfg: DictConfig, checkpoint: str | Path, dtype: torch.
     # the autoencoders stay fp32 (the official code runs its first stage without autocast); the memory
     # plan may still cast them down when the budget needs it
     keep_fp32 = ("first_stage_model", "conditioner.embedders.3.encoder")
-    model = load_pretrained(lambda: build_model(model_cfg), path, dtype=dtype, device=device, layout=layout,
-                            keep_fp32=keep_fp32)
+    try:
+        model = load_pretrained(lambda: build_model(model_cfg), path, dtype=dtype, device=device, layout=layout,
+                                keep_fp32=keep_fp32)
+    except ModelMismatch as err:
+        exported = exported_mismatch(model_cfg, path)
+        if exported:
+            raise CheckpointError(exported) from err
+        raise
     return model.eval()
+
+
+def exported_mismatch(model_cfg: DictConfig, path: Path) -> str:
+    """For a vldm export that does not fit ``model_cfg``: what the file is and what the config is (else ``""``)."""
+    meta = file_metadata(path)
+    if "vldm_model_config" not in meta:
+        return ""
+    network = diffusion_config(model_cfg).get("network") or {}
+    chosen = f"model={model_cfg.name}" if model_cfg.get("name") else "being loaded"
+    return (f"{path} is a vldm model exported by vldm.checkpoints.svd_export (stage '{meta.get('source_stage', '?')}' "
+            f"of {meta.get('source_run', '?')}: model_channels={meta.get('model_channels', '?')}, "
+            f"{meta.get('unet_parameters', '?')} UNet parameters, trained at size {meta.get('resolution', '?')} "
+            f"with {meta.get('num_frames', '?')} frames), but the model config {chosen} is another model "
+            f"(model_channels={network.get('model_channels', '?')}): the file carries its own model config, so drop "
+            f"model=... (python sample.py checkpoint={path} image=...)")

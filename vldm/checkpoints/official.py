@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 LAYOUTS = ("sgm", "ldm")
 
 
+class ModelMismatch(CheckpointError):
+    """The file's keys or shapes are not the model's: it holds another model."""
+
+
 @dataclass(frozen=True)
 class Companion:
     """A separate weights file that must agree with part of a loaded checkpoint.
@@ -71,7 +75,7 @@ def load_pretrained(build: Callable[[], nn.Module], path: str | Path, dtype: tor
         found = {own_key: file_shapes[file_key] for own_key, file_key in names.items()}
         parts = key_mismatch({k: tuple(v.shape) for k, v in own.items()}, found)
         if parts:
-            raise CheckpointError(_mismatch_message(path, layout, parts, file_shapes, source.metadata, own))
+            raise ModelMismatch(_mismatch_message(path, layout, parts, file_shapes, source.metadata, own))
         if schedule:
             verify_schedule({k: source.get(k) for k in schedule}, _reference_sigmas(module), str(path))
         log.info("loading %s (%d tensors) as %s on %s", path, len(names), dtype or "built dtype", device)

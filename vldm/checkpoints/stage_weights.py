@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vldm.io.safe_load import CheckpointError, load_state_dict_file, load_strict
+from vldm.io.safe_load import CheckpointError, describe_file, load_state_dict_file, load_strict
 from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.nn.inflate import load_image_weights
 
@@ -63,15 +63,44 @@ def inflate_into(model: LatentDiffusion, state: dict[str, torch.Tensor], source:
     take_scale_factor(model, state)
 
 
+def stage_weights_file(path: str | Path) -> Path:
+    """The weights file of ``path``: the file itself, or a stage's run directory's ``model.safetensors``."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"init_from: {path} is a directory without model.safetensors; give a finished "
+                                    f"stage's run directory (train.py writes its model.safetensors at the end) or "
+                                    f"a weights file (.safetensors / .ckpt)")
+        return weights
+    return path
+
+
+def expected_weights(model: LatentDiffusion, mode: str) -> str:
+    """What a file must hold to initialise ``model`` as ``mode``, in words."""
+    video = bool(getattr(getattr(model.network, "config", None), "video", False))
+    if mode == "inflate":
+        return "an image model (a vldm 'image' stage, or SD 2.1) to inflate into this video model"
+    kind = "image-to-video model (a vldm 'video' or 'hq' stage)" if video else "text-to-image model (a vldm 'image' stage)"
+    hint = "; an image stage's weights go into a video model with stage.init_mode=inflate" if video else ""
+    return f"this very {kind} with the same sizes{hint}"
+
+
 def load_stage_weights(model: LatentDiffusion, path: str | Path, mode: str = "full") -> None:
-    """Fill ``model`` from the weights file at ``path`` as ``mode`` (see the module doc) says."""
+    """Fill ``model`` from the weights at ``path`` (a file or a stage's run directory) as ``mode`` (see the module doc) says."""
     if mode not in INIT_MODES:
         raise ValueError(f"init_from mode must be one of {INIT_MODES}, got {mode!r}")
+    path = stage_weights_file(path)
     state = from_ldm_layout(model, load_state_dict_file(path), path)
-    if mode == "full":
-        load_strict(model, {k: v for k, v in state.items() if not k.startswith("model_ema.")}, what=str(path))
-    else:
-        inflate_into(model, state, str(path))
+    try:
+        if mode == "full":
+            load_strict(model, {k: v for k, v in state.items() if not k.startswith("model_ema.")}, what=str(path))
+        else:
+            inflate_into(model, state, str(path))
+    except (CheckpointError, RuntimeError, ValueError) as err:
+        what = describe_file(path)
+        raise CheckpointError(f"init_from {path} (mode {mode}): the file is {what or 'not a file vldm described'}; "
+                              f"expected {expected_weights(model, mode)}. {err}") from err
     log.info("initialised from %s (%s)", path, mode)
 
 

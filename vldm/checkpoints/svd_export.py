@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from vldm.checkpoints.load import build_model, diffusion_config, resolve_run
 from vldm.checkpoints.meta_init import build_on_meta
 from vldm.models.latent_diffusion import LatentDiffusion
-from vldm.io.safe_load import CheckpointError, key_mismatch
-from vldm.io.safetensors_stream import write_safetensors
+from vldm.io.identify import missing_file_message
+from vldm.io.safe_load import CheckpointError, key_mismatch, write_weights
 from vldm.io.tensor_source import TensorSource
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,17 @@ def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.
             "dtype": next(k for k, v in DTYPES.items() if v == dtype), "scale_factor": repr(scale),
             "unet_parameters": str(unet), "model_channels": str(skeleton.network.config.model_channels),
             "num_frames": str(cfg.get("data", {}).get("num_frames", "")),
-            "resolution": str(cfg.get("data", {}).get("size", "")),
+            "resolution": json.dumps(OmegaConf.to_container(cfg.data.size) if OmegaConf.is_config(cfg.data.size)
+                                     else cfg.data.size) if cfg.get("data", {}).get("size") is not None else "",
             "vldm_model_config": json.dumps(model_cfg),
+            "sampling": json.dumps(OmegaConf.to_container(cfg.model.sampling, resolve=True)
+                                   if cfg.model.get("sampling") is not None else {}),
         }
+        if source.metadata.get("fps"):
+            metadata["fps"] = source.metadata["fps"]  # the rate the run trained at (sampling's fps preset)
         stored = source.dtypes()
         specs = [(k, shapes[k], dtype if stored[k].is_floating_point else stored[k]) for k in keys]
-        write_safetensors(out, specs, source.get, metadata)
+        write_weights(out, specs, source.get, metadata)
     config_path = out.with_suffix(".yaml")
     config_path.write_text(sgm_inference_yaml(cfg, skeleton, scale, out))
     total = sum(int(torch.Size(shapes[k]).numel()) for k in keys)
@@ -125,19 +130,27 @@ def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.
     return Exported(out, config_path, len(keys), total, scale)
 
 
+def exported_config(path: str | Path) -> DictConfig | None:
+    """The model config a file exported by :func:`export_svd` carries (``vldm_model_config``); None for others."""
+    from vldm.io.safe_load import file_metadata
+
+    raw = file_metadata(path).get("vldm_model_config")
+    return OmegaConf.create(json.loads(raw)) if raw else None
+
+
 def load_exported(path: str | Path, dtype: torch.dtype | None = None,
                   device: str | torch.device = "cpu") -> LatentDiffusion:
-    """The model rebuilt from an exported file's embedded model config and filled strictly."""
-    from vldm.checkpoints.official import load_pretrained
+    """The model rebuilt from an exported file's embedded model config and filled strictly
+    (as :func:`~vldm.checkpoints.load.load_model_file` loads a file with its config)."""
+    from vldm.checkpoints.load import load_model_file
 
-    with TensorSource(path) as source:
-        meta = source.metadata
-    if "vldm_model_config" not in meta:
+    if not Path(path).is_file():
+        raise FileNotFoundError(missing_file_message(str(path)))
+    model_cfg = exported_config(path)
+    if model_cfg is None:
         raise CheckpointError(f"{path} carries no vldm model config (not written by vldm.checkpoints.svd_export); "
                               f"load an official file with its model config instead (model=svd_xt ...)")
-    model_cfg = OmegaConf.create(json.loads(meta["vldm_model_config"]))
-    model = load_pretrained(lambda: build_model(model_cfg), path, dtype=dtype, device=device, layout="sgm")
-    return model.eval()
+    return load_model_file(model_cfg, path, dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------- the sgm inference yaml
@@ -249,3 +262,7 @@ def sgm_inference_yaml(cfg: DictConfig, skeleton: Any, scale: float, out: Path) 
               f"'softmax' / 'vanilla' (same weights as the -xformers variants); CLIP 'version: null' because the\n"
               f"# checkpoint holds the tower's weights (nothing is downloaded).\n{note}")
     return header + OmegaConf.to_yaml(OmegaConf.create(sgm_config(cfg, skeleton, scale, arch)))
+
+
+if __name__ == "__main__":
+    raise SystemExit("this module has no command line: export with python -m vldm.jobs.export RUN_DIR OUT.safetensors")

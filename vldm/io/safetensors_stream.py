@@ -10,6 +10,7 @@ multiple of 8, then the raw little-endian tensor bytes in header order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,8 @@ DTYPE_NAMES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+
+DIGEST_PLACEHOLDER = "0" * 64  # a SHA-256 hex digest's length: the header keeps its size when it is filled in
 
 
 def header_bytes(specs: Sequence[tuple[str, Sequence[int], torch.dtype]],
@@ -52,16 +55,23 @@ def tensor_bytes(tensor: torch.Tensor, dtype: torch.dtype) -> memoryview:
 
 
 def write_safetensors(path: str | Path, specs: Sequence[tuple[str, Sequence[int], torch.dtype]],
-                      produce: Callable[[str], torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+                      produce: Callable[[str], torch.Tensor], metadata: Mapping[str, str] | None = None,
+                      digest_key: str | None = None) -> Path:
     """Write ``specs`` (key, shape, dtype) to ``path``; ``produce(key)`` gives each tensor when needed.
 
     Each produced tensor is cast to its spec's dtype and must have its spec's shape. The file is
     written to ``path.tmp`` and renamed when complete, so a crash never leaves a truncated file.
+    ``digest_key``: a metadata key that receives the hex SHA-256 of the tensor data (every byte
+    after the header), filled in once the data is written.
     """
     path = Path(path)
+    metadata = dict(metadata or {})
+    if digest_key is not None:
+        metadata[digest_key] = DIGEST_PLACEHOLDER
     head, _ = header_bytes(specs, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    digest = hashlib.sha256()
     with open(tmp, "wb") as f:
         f.write(head)
         for key, shape, dtype in specs:
@@ -69,7 +79,21 @@ def write_safetensors(path: str | Path, specs: Sequence[tuple[str, Sequence[int]
             if tuple(tensor.shape) != tuple(shape):
                 raise ValueError(f"{key}: produced shape {tuple(tensor.shape)}, header says {tuple(shape)}")
             if tensor.numel():
-                f.write(tensor_bytes(tensor, dtype))
+                data = tensor_bytes(tensor, dtype)
+                digest.update(data)
+                f.write(data)
             del tensor
+        if digest_key is not None:
+            f.seek(_placeholder_offset(head, digest_key))
+            f.write(digest.hexdigest().encode())
     tmp.replace(path)
     return path
+
+
+def _placeholder_offset(head: bytes, digest_key: str) -> int:
+    """Where the digest's placeholder value starts in the header bytes."""
+    marker = json.dumps({digest_key: DIGEST_PLACEHOLDER}, separators=(",", ":"))[1:-1].encode()
+    at = head.find(marker)
+    if at < 0 or head.find(marker, at + 1) >= 0:
+        raise ValueError(f"cannot place the {digest_key} digest in the header")
+    return at + len(marker) - len(DIGEST_PLACEHOLDER) - 1

@@ -1,7 +1,8 @@
 """Read a checkpoint one tensor at a time, without holding the whole file in memory.
 
 ``.safetensors``: the header is parsed and checked (dtypes, shapes, offsets that tile the data
-exactly — a truncated or padded file is refused before anything is read), then each ``get`` reads
+exactly — a truncated or padded file is refused before anything is read; a file that records a
+content hash is checked against it, :func:`~vldm.io.safe_load.verify_content_hash`), then each ``get`` reads
 one tensor with a positioned ``readinto`` straight into its own buffer. Not memory-mapped on
 purpose: ``safetensors.safe_open`` maps the file and every page it touches counts in the process's
 resident set until the file is closed, so loading a 1.07 GB fp32 file as fp16 through it peaked at
@@ -26,7 +27,7 @@ from typing import BinaryIO
 
 import torch
 
-from vldm.io.safe_load import CheckpointError
+from vldm.io.safe_load import CheckpointError, verify_content_hash
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
@@ -58,6 +59,12 @@ class TensorSource:
             self.close()
             raise CheckpointError(f"cannot read checkpoint {self.path} (truncated, corrupt or not a "
                                   f"{self.path.suffix or 'weights'} file): {type(err).__name__}: {err}") from err
+        if self._file is not None:
+            try:
+                verify_content_hash(self.path)
+            except CheckpointError:
+                self.close()
+                raise
 
     def __enter__(self) -> TensorSource:
         return self
