@@ -79,7 +79,11 @@ def test_sample_py_writes_mp4_gif_and_json(video_run: Path, toy_root: Path, tmp_
     written = sample_videos(cfg)
     assert len(written) == 6
     frames, fps = read_video(written[0])
-    assert frames.shape == (4, 32, 32, 3) and fps == pytest.approx(7)  # the smoke run's weights record no fps
+    assert frames.shape == (4, 32, 32, 3) and fps == pytest.approx(8)  # the toy clips' rate, recorded by training
+    from safetensors import safe_open
+
+    with safe_open(video_run / "video" / "model.safetensors", "pt") as weights:
+        assert weights.metadata()["fps"] == "8"
     meta = json.loads(written[0].with_suffix(".json").read_text())
     assert meta["seed"] == 0 and meta["motion_bucket_id"] == 127 and meta["sampler"]["num_steps"] == 2
     assert json.loads(written[1].with_suffix(".json").read_text())["seed"] == 1

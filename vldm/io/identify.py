@@ -80,7 +80,8 @@ def identify(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str] | 
     metadata = metadata or {}
     if metadata.get("format") == "svd" and "vldm_version" in metadata:
         return Identity("a vldm model exported in the SVD layout (vldm.checkpoints.svd_export)",
-                        "load it with vldm.checkpoints.svd_export.load_exported, or sample its run directory")
+                        "sample it with sample.py checkpoint=<this file>, or load it with "
+                        "vldm.checkpoints.svd_export.load_exported")
     if _has(keys, "down_blocks.") or _has(keys, "time_embedding.linear_1"):
         return Identity("a diffusers-format model file (diffusion_pytorch_model.*)",
                         "vldm reads the single-file SGM / LDM checkpoints (e.g. svd_xt.safetensors), "

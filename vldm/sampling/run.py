@@ -260,6 +260,9 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
     mp4 (png) paths."""
     images = list_images(cfg.image)[: cfg.limit] if cfg.get("image") is not None else []  # fail before loading
     device = resolve_device(cfg.device)
+    if cfg.max_memory is not None and device.type != "cuda":
+        raise ValueError(f"max_memory={cfg.max_memory} is a budget for CUDA memory; on {device} nothing is streamed "
+                         "or offloaded and no peak is measured: drop max_memory, or sample with device=cuda")
     dtype = resolve_dtype(cfg.dtype, device)
     loaded = load_for_sampling(cfg, device, dtype)
     check_inputs(cfg, loaded.model.image_to_video)

@@ -89,3 +89,25 @@ class DataPosition(Callback):
         restore = getattr(self.datamodule, "restore_data_position", None)
         if restore is not None and self.workers:
             restore({"world": self.world, "workers": self.workers})
+
+
+class ClipRates(Callback):
+    """Counts the frame rates (``fps_id + 1``) of the clips this rank trained on, kept in the checkpoint,
+    so the exported weights can record the rate the run trained at (``sample.py``'s fps preset)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        fps_id = batch.get("fps_id") if isinstance(batch, dict) else None
+        if fps_id is None:
+            return
+        for value in torch.as_tensor(fps_id).reshape(-1).tolist():
+            self.counts[int(value) + 1] = self.counts.get(int(value) + 1, 0) + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": {str(k): v for k, v in self.counts.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.counts = {int(k): int(v) for k, v in state_dict.get("counts", {}).items()}

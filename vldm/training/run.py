@@ -27,10 +27,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from vldm.checkpoints.export import export_metadata, export_safetensors, export_state_dict
+from vldm.checkpoints.export import export_metadata, export_safetensors, export_state_dict, fps_record
 from vldm.io.safe_load import save_safetensors
 from vldm.training.cluster import latest_checkpoint
-from vldm.training.data_state import DataPosition, StepSeed
+from vldm.training.data_state import ClipRates, DataPosition, StepSeed
 from vldm.utils.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,9 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
     last = ckpt_dir / "last.ckpt"
     checkpointing = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step={step:06d}", auto_insert_metric_name=False,
                                     every_n_train_steps=cfg.stage.checkpoint_every, save_top_k=-1, save_last=True)
-    stop = GracefulStop(last)
+    stop, rates = GracefulStop(last), ClipRates()
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    all_callbacks = [checkpointing, DataPosition(datamodule), StepSeed(cfg.seed), stop,
+    all_callbacks = [checkpointing, DataPosition(datamodule), StepSeed(cfg.seed), stop, rates,
                      *_instantiate_list(trainer_cfg.pop("callbacks", None)), *callbacks]
     all_plugins = [*_instantiate_list(trainer_cfg.pop("plugins", None)), *plugins]
     loggers = build_loggers(cfg, run_dir, start_step if resume_from is not None else None)
@@ -227,8 +227,10 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
     weights = run_dir / "model.safetensors"
     trained = trainer.global_step - start_step
     if trained > 0 or not weights.is_file():
-        weights = _export_weights(trainer, module, weights,
-                                  {"stage": cfg.stage.name, "global_step": str(trainer.global_step)})
+        metadata = {"stage": cfg.stage.name, "global_step": str(trainer.global_step)}
+        if rates.counts:  # rank 0's clips: every rank draws from the same stream
+            metadata["fps"] = fps_record(rates.counts)
+        weights = _export_weights(trainer, module, weights, metadata)
     if not trainer.strategy.broadcast(last.is_file()):  # the same decision on every rank: saving is collective
         trainer.save_checkpoint(str(last))
     result = StageResult(run_dir, weights, last, trainer.global_step, time.time() - start, trained)
