@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -212,8 +213,8 @@ def test_a_stage_trains_and_validates_on_the_latent_config(cached: Path, toy_roo
 
     result = train_stage(latent_train_cfg(cached, toy_root, tmp_path))  # 4 steps, validation + samples at step 4
     assert result.global_step == 4 and list((result.run_dir / "samples").glob("*.mp4"))
-    rows = (result.run_dir / "logs" / "metrics.csv").read_text().splitlines()
-    val = float(rows[1].split(",")[rows[0].split(",").index("val/loss")])
+    with (result.run_dir / "logs" / "metrics.csv").open(newline="") as file:
+        [val] = [float(r["val/loss"]) for r in csv.DictReader(file) if r.get("val/loss")]
     assert 0 < val < 10  # the validation loss on cached latents, finite
 
 

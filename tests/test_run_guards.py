@@ -100,3 +100,21 @@ def test_config_mistakes_are_reported_before_torch_is_imported() -> None:
                              text=True)
     assert "+stage.max_stepz: nothing reads 'max_stepz' in stage; did you mean stage.max_steps?" in (
         refused.stdout + refused.stderr)
+
+
+def test_the_toy_preset_on_real_data_is_pointed_out(caplog: pytest.LogCaptureFixture) -> None:
+    """``stage=video data=webdataset`` keeps the toy model of the stage's toy preset: the run says so."""
+    from vldm.training.launch import describe_run, preflight
+
+    cfg = compose_train(["stage=video", "data=webdataset", "data.train_shards=/clips", "data.num_workers=512"])
+    choices = {"toy_stage": "video", "model": "toy_video", "data": "webdataset"}
+    with caplog.at_level("WARNING", logger="train"):
+        preflight(cfg, choices, [])
+    text = caplog.text
+    assert "toy preset (toy_stage=video: model=toy_video) on data=webdataset at size [576, 1024]" in text
+    assert "data.num_workers=512 loader processes" in text
+    assert "size [576, 1024] x 14 frames, batch 1, 512 loader workers" in describe_run(cfg, choices)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        preflight(compose_train(["stage=video"]), {"toy_stage": "video", "data": "toy_videos"}, [])
+    assert caplog.text == ""

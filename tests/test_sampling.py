@@ -155,3 +155,16 @@ def test_sample_py_with_a_model_config_and_a_weights_file(video_run: Path, toy_r
     assert len(frames) == 3 and Image.open(frames[0]).size == (64, 64)
     with pytest.raises(CheckpointError, match="missing"):  # another model's file names what does not fit
         sample_videos(sample_cfg(**{**common, "model": "svd_xt"}, image=tmp_path / "wide.png"))
+
+
+@pytest.mark.slow
+def test_a_memory_budget_on_cpu_is_refused(video_run: Path, toy_root: Path, tmp_path: Path) -> None:
+    """On CPU nothing streams or offloads and no peak is measured: a budget there would be a plan never applied."""
+    from vldm.sampling.run import sample_videos
+
+    image = sorted((toy_root / "first_frames").iterdir())[0]
+    cfg = sample_cfg(checkpoint=video_run / "video", image=image, output_dir=tmp_path, device="cpu",
+                     max_memory="20MB")
+    with pytest.raises(ValueError, match="is a budget for CUDA memory"):
+        sample_videos(cfg)
+    assert not list(tmp_path.glob("*.json"))

@@ -18,7 +18,8 @@ def curation_lines(curated: Path) -> list[str]:
     removed = ", ".join(f"{f['name']} {f['removed_first']}" for f in s.get("filters", []) if f.get("removed_first"))
     return [f"  curation    {s.get('inputs', '?')} raw inputs (errors: {errors}) -> {s.get('clips', '?')} clips, "
             f"{s.get('kept', '?')} kept (removed first by: {removed or 'none'})",
-            f"              shards      {curated / 'shards'}/",
+            f"              shards      {curated / 'shards'}/ (training), {curated / 'heldout'}/ "
+            f"({s.get('heldout', 0)} held-out clips: validation)",
             f"              report      {curated / 'report.html'}"]
 
 

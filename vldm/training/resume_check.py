@@ -4,7 +4,8 @@
 config given now over what decides the weights (:data:`COMPARED`) and refuses any difference,
 naming each key, unless ``resume=force``. What may change on a resume (:data:`MAY_CHANGE`): how long
 to train and how often to checkpoint and validate, the loader's worker count, devices and nodes,
-logging and paths that are not read into the compared nodes.
+logging, and the files a fresh start took its weights from (a resume takes every weight from the
+checkpoint and does not read them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 
 COMPARED = ("model", "data", "stage", "seed", "trainer.precision", "trainer.accumulate_grad_batches",
             "trainer.gradient_clip_val")
-MAY_CHANGE = ("stage.max_steps", "stage.checkpoint_every", "stage.val_every", "data.num_workers")
+MAY_CHANGE = ("stage.max_steps", "stage.checkpoint_every", "stage.val_every", "data.num_workers",
+              "stage.init_from")
+
+
+def _may_change(key: str) -> bool:
+    """Resume settings, and where a fresh start's weights came from (``stage.init_from``, ``model.*weights``):
+    a resumed run takes every weight from its checkpoint, so a moved file changes nothing."""
+    if any(key == m or key.startswith(m + ".") for m in MAY_CHANGE):
+        return True
+    return key.startswith("model.") and key.rsplit(".", 1)[-1].endswith("weights")
 
 
 class ResumeConfigMismatch(ValueError):
@@ -39,7 +49,7 @@ def _compared(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(value, DictConfig):
             value = OmegaConf.to_container(value, resolve=True)
         flat.update(_flatten(value, key))
-    return {k: v for k, v in flat.items() if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)}
+    return {k: v for k, v in flat.items() if not _may_change(k)}
 
 
 def config_differences(stored: DictConfig, current: DictConfig) -> list[str]:

@@ -60,14 +60,17 @@ def stage_module(cfg: DictConfig, **kwargs: Any) -> pl.LightningModule:
     return instantiate(cfg.model.module, model=build_model(cfg.model), **kwargs, _convert_="object")
 
 
-def build_module(cfg: DictConfig, run_dir: Path) -> pl.LightningModule:
-    """Instantiate the stage's LightningModule and load what it starts from."""
+def build_module(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> pl.LightningModule:
+    """Instantiate the stage's LightningModule and load what it starts from (nothing when ``resuming``:
+    the checkpoint holds every weight)."""
     from vldm.checkpoints.stage_weights import load_first_stage
     from vldm.training.init_from import init_from
 
     if cfg.stage.kind == "autoencoder":
         return stage_module(cfg)
     module = stage_module(cfg, trainable=cfg.stage.trainable, sample_dir=str(run_dir / "samples"))
+    if resuming:
+        return module
     if cfg.model.get("first_stage_weights"):
         load_first_stage(module.diffusion, cfg.model.first_stage_weights)
     if cfg.stage.get("init_from"):
@@ -195,7 +198,7 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
 
     datamodule = instantiate(cfg.data, _convert_="object")
     datamodule.setup("fit")  # fail early on a missing or empty data directory
-    module = build_module(cfg, run_dir)
+    module = build_module(cfg, run_dir, resuming=resume_from is not None)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     checkpointing = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step={step:06d}", auto_insert_metric_name=False,
