@@ -15,7 +15,6 @@ import pytest
 from tests.helpers.configs import compose_train
 from tests.helpers.repo import REPO
 from tests.helpers.smoke import smoke
-from vldm.utils.config_check import ConfigError, refuse_appended_keys
 
 
 def _copy_run(smoke_chain: Path, tmp_path: Path, stage: str) -> Path:
@@ -27,12 +26,11 @@ def _copy_run(smoke_chain: Path, tmp_path: Path, stage: str) -> Path:
 
 @pytest.mark.slow
 def test_resuming_another_stages_checkpoint_is_refused(tmp_path: Path, toy_root: Path, smoke_chain: Path) -> None:
-    from vldm.training.resume_check import ResumeConfigMismatch
     from vldm.training.run import train_stage
 
     video_ckpt = smoke_chain / "video" / "checkpoints" / "last.ckpt"
     cfg = smoke(tmp_path, toy_root, "hq", f"resume={video_ckpt}", "stage.max_steps=2")
-    with pytest.raises(ResumeConfigMismatch, match=r"stage\.name: 'video' -> 'hq'"):
+    with pytest.raises(ValueError, match=r"stage\.name: 'video' -> 'hq'"):  # a ResumeConfigMismatch
         train_stage(cfg)
     assert not (tmp_path / "runs" / "smoke" / "hq").exists()  # nothing written, nothing exported
 
@@ -40,12 +38,11 @@ def test_resuming_another_stages_checkpoint_is_refused(tmp_path: Path, toy_root:
 @pytest.mark.slow
 def test_rerun_with_other_data_is_refused_and_keeps_the_stored_config(tmp_path: Path, toy_root: Path,
                                                                       smoke_chain: Path) -> None:
-    from vldm.training.resume_check import ResumeConfigMismatch
     from vldm.training.run import train_stage
 
     run = _copy_run(smoke_chain, tmp_path, "video")
     stored = (run / "config.yaml").read_text()
-    with pytest.raises(ResumeConfigMismatch, match=r"data\.frame_stride: 1 -> 2(.|\n)*resume=force"):
+    with pytest.raises(ValueError, match=r"data\.frame_stride: 1 -> 2(.|\n)*resume=force"):
         train_stage(smoke(tmp_path, toy_root, "video", "data.frame_stride=2"))
     assert (run / "config.yaml").read_text() == stored
 
@@ -57,8 +54,8 @@ def test_a_finished_run_trains_nothing_and_says_so(tmp_path: Path, toy_root: Pat
     run = _copy_run(smoke_chain, tmp_path, "image")
     weights = (run / "model.safetensors").stat().st_mtime_ns
     result = train_stage(smoke(tmp_path, toy_root, "image"))
-    assert (result.global_step, result.trained_steps) == (4, 0)
     assert (run / "model.safetensors").stat().st_mtime_ns == weights  # the stage's weights are not rewritten
+    assert (result.global_step, result.trained_steps) == (4, 0)
 
 
 @pytest.mark.slow
@@ -78,6 +75,8 @@ def test_short_runs_log_every_step(smoke_chain: Path) -> None:
 
 
 def test_an_appended_key_nothing_reads_is_refused_with_the_close_match() -> None:
+    from vldm.utils.config_check import ConfigError, refuse_appended_keys
+
     cfg = compose_train(["stage=image", "+stage.max_stepz=3"])
     with pytest.raises(ConfigError, match=r"did you mean stage\.max_steps\?"):
         refuse_appended_keys(cfg, ["+stage.max_stepz=3"])
