@@ -18,17 +18,17 @@ from tests.helpers.smoke import smoke
 
 
 def _copy_run(smoke_chain: Path, tmp_path: Path, stage: str) -> Path:
-    """The smoke chain's ``stage`` run under ``tmp_path/runs/smoke`` (the chain itself stays untouched)."""
-    target = tmp_path / "runs" / "smoke" / stage
-    shutil.copytree(smoke_chain / stage, target)
-    return target
+    """The smoke chain copied to ``tmp_path/runs/smoke`` (the chain itself stays untouched); its ``stage`` run."""
+    shutil.copytree(smoke_chain, tmp_path / "runs" / "smoke")
+    return tmp_path / "runs" / "smoke" / stage
 
 
 @pytest.mark.slow
 def test_resuming_another_stages_checkpoint_is_refused(tmp_path: Path, toy_root: Path, smoke_chain: Path) -> None:
     from vldm.training.run import train_stage
 
-    video_ckpt = smoke_chain / "video" / "checkpoints" / "last.ckpt"
+    video_ckpt = _copy_run(smoke_chain, tmp_path, "video") / "checkpoints" / "last.ckpt"
+    shutil.rmtree(tmp_path / "runs" / "smoke" / "hq")
     cfg = smoke(tmp_path, toy_root, "hq", f"resume={video_ckpt}", "stage.max_steps=2")
     with pytest.raises(ValueError, match=r"stage\.name: 'video' -> 'hq'"):  # a ResumeConfigMismatch
         train_stage(cfg)
@@ -42,8 +42,8 @@ def test_rerun_with_other_data_is_refused_and_keeps_the_stored_config(tmp_path: 
 
     run = _copy_run(smoke_chain, tmp_path, "video")
     stored = (run / "config.yaml").read_text()
-    with pytest.raises(ValueError, match=r"data\.frame_stride: 1 -> 2(.|\n)*resume=force"):
-        train_stage(smoke(tmp_path, toy_root, "video", "data.frame_stride=2"))
+    with pytest.raises(ValueError, match=r"data\.clip_start: 'first' -> 'random'(.|\n)*resume=force"):
+        train_stage(smoke(tmp_path, toy_root, "video", "data.clip_start=random"))
     assert (run / "config.yaml").read_text() == stored
 
 
