@@ -25,7 +25,9 @@ WAIT_S = 300  # a hang guard only: every wait below ends on a file appearing
 
 
 def _args(root: Path, toy: Path, gate: Path, *extra: str) -> list[str]:
+    marker = f"{{_target_:tests.helpers.gated_data.StepMarker,folder:'{root / 'steps'}'}}"
     return smoke_video_args(root, toy, "logger=csv", "data._target_=tests.helpers.gated_data.GatedDataModule",
+                            f"+trainer.callbacks=[{marker}]",
                             f"+data.gate={gate}", f"+data.open_samples={BATCH}", f"data.num_workers={WORKERS}",
                             f"data.batch_size={BATCH}", "stage.checkpoint_every=1000", *extra)
 
@@ -76,7 +78,7 @@ def test_signal_while_waiting_for_data_checkpoints_and_resumes(tmp_path: Path, t
     last = run_dir / "checkpoints" / "last.ckpt"
     log = tmp_path / "train.log"
     proc = _popen(_args(tmp_path, toy_root, gate, "stage.max_steps=1000"), log)
-    _wait_for(lambda: len(_steps_logged(run_dir)) == OPEN_STEPS, proc, log, f"{OPEN_STEPS} logged steps")
+    _wait_for((tmp_path / "steps" / f"step-{OPEN_STEPS}").is_file, proc, log, f"{OPEN_STEPS} steps")
     proc.send_signal(sig)
     # the workers are still stalled: the checkpoint can only come from breaking off the wait for data
     _wait_for(last.is_file, proc, log, "checkpoint while the loader stalls")

@@ -1,10 +1,12 @@
-"""A data module whose loader workers stall like a hung decoder until the test opens a gate."""
+"""A data module whose loader workers stall like a hung decoder until the test opens a gate, and a step probe."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from pytorch_lightning.callbacks import Callback
 
 from vldm.training.datamodule import ShardDataModule
 
@@ -34,3 +36,14 @@ class GatedDataModule(ShardDataModule):
         if kw.get("repeat"):
             dataset.decode = _GatedDecode(dataset.decode, self.gate, self.open_samples)
         return dataset
+
+
+class StepMarker(Callback):
+    """Test probe: touches ``<folder>/step-<global step>`` at the end of every training step."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"step-{trainer.global_step}").touch()
