@@ -291,6 +291,13 @@ def curate(cfg: Any, notify: Callable[[str], None] = print) -> CurationResult:
     inputs, ignored = list_inputs(cfg["input"], cfg.get("extensions"))
     seconds["list"] = time.perf_counter() - t
     run = RunDir(Path(cfg["output"]))
+    with run.exclusive():
+        return _curate_exclusively(cfg, run, inputs, ignored, seconds, t_start, notify)
+
+
+def _curate_exclusively(cfg: dict, run: RunDir, inputs: list, ignored: list[str], seconds: dict[str, float],
+                        t_start: float, notify: Callable[[str], None]) -> CurationResult:
+    """:func:`curate` from preparing the output on, while this process holds the output's lock."""
     run.prepare()
     from omegaconf import OmegaConf
 

@@ -18,8 +18,11 @@ record exists and the recorded size and mtime still match the file (:func:`recor
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +108,32 @@ class RunDir:
 
     def thumb_path(self, cid: str) -> Path:
         return self.thumbs / f"{cid}.jpg"
+
+    @property
+    def lock(self) -> Path:
+        return self.work / "run.lock"
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold ``work/run.lock`` (an ``flock``, released by the OS when the process ends, so a killed run
+        leaves none behind): a second run on the same output stops instead of deleting the first's files."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        with open(self.lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                raise RuntimeError(f"another curation run (pid {holder}) is writing {self.root}: wait for it to "
+                                   "end (rerunning then resumes it), or give another output=DIR") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def prepare(self) -> int:
         """Create the directories and remove ``*.tmp`` leftovers of a killed run; returns how many."""
