@@ -5,8 +5,8 @@ videos at scene changes and filtering the clips on motion, burned-in text, aesth
 caption similarity. :func:`curate` runs that as five phases over a run directory
 (:mod:`data_curation.work_dir`):
 
-1. list the inputs (every file under ``input``; caption sidecars ``<stem>.txt``/``.json`` attach to
-   the file with that stem),
+1. list the inputs (every file under ``input``, or the paths of an input list; caption sidecars
+   ``<stem>.txt``/``.json`` attach to the file with that stem, a list's caption column wins),
 2. score each input in the engine (:func:`data_curation.scoring.score_input`) and journal one
    record per input — inputs whose record matches the file are skipped, which is resume,
 3. filter all clips on the driver (:mod:`data_curation.filters`),
@@ -21,6 +21,7 @@ Bad inputs become manifest rows with an error code; the run itself only fails on
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -77,8 +78,75 @@ def _read_caption(path: Path) -> str | None:
         return None
 
 
+LIST_SUFFIXES = (".txt", ".csv", ".parquet")
+
+
+def _sidecar_caption(path: Path) -> str | None:
+    for ext in SIDECAR_EXTS:
+        side = path.with_suffix(ext)
+        if side != path and side.is_file():
+            caption = _read_caption(side)
+            if caption is not None:
+                return caption
+    return None
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    try:
+        return file_stamp(path)
+    except OSError:  # dangling symlink, or removed since the listing: probing reports it
+        return {"size_bytes": -1, "mtime_ns": -1}
+
+
+def _list_rows(path: Path) -> list[tuple[str, str | None]]:
+    """``(path, caption or None)`` of an input list: ``.txt`` one path a line (``#`` comments), ``.csv`` /
+    ``.parquet`` with a ``path`` column and optionally ``caption``."""
+    if path.suffix == ".txt":
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        return [(line, None) for line in lines if line and not line.startswith("#")]
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as file:
+            table = list(csv.DictReader(file))
+            columns = list(table[0]) if table else []
+    else:
+        import pyarrow.parquet as pq
+
+        data = pq.read_table(path)
+        columns, table = data.column_names, data.to_pylist()
+    if table and "path" not in columns:
+        raise ValueError(f"input list {path} has no 'path' column (columns: {', '.join(map(str, columns))})")
+    rows = []
+    for row in table:
+        caption = row.get("caption")
+        caption = None if caption is None or str(caption).strip() == "" else str(caption).strip()
+        rows.append((str(row["path"]).strip(), caption))
+    return rows
+
+
+def list_input_file(listing: Path, extensions: Iterable[str] | None = None) -> tuple[list[InputFile], list[str]]:
+    """Inputs named by an input list (see :func:`_list_rows`); relative paths are taken from the list's
+    folder, and each path as written is the input's ``source`` (its video id). A caption column wins over
+    sidecar captions. Listed paths that do not exist become ``missing`` rows, as in a folder."""
+    exts = None if extensions is None else {"." + str(e).lower().lstrip(".") for e in extensions}
+    inputs, ignored, seen = [], [], {}
+    for n, (name, caption) in enumerate(_list_rows(listing), start=1):
+        if not name:
+            raise ValueError(f"input list {listing}, entry {n}: empty path")
+        if name in seen:
+            raise ValueError(f"input list {listing} names {name!r} twice (entries {seen[name]} and {n})")
+        seen[name] = n
+        path = Path(name) if Path(name).is_absolute() else listing.parent / name
+        if exts is not None and path.suffix.lower() not in exts:
+            ignored.append(name)
+            continue
+        caption = caption if caption is not None else _sidecar_caption(path)
+        inputs.append(InputFile(Path(name).as_posix(), str(path.absolute()), caption, _stamp(path)))
+    return sorted(inputs, key=lambda i: i.source), ignored
+
+
 def list_inputs(root: str | Path, extensions: Iterable[str] | None = None) -> tuple[list[InputFile], list[str]]:
-    """Inputs under ``root`` (sorted relative paths) and the files not taken as inputs.
+    """Inputs under ``root`` (sorted relative paths) and the files not taken as inputs; ``root`` may also be
+    an input list (``.txt`` / ``.csv`` / ``.parquet``, :func:`list_input_file`).
 
     Hidden files and directories are ignored. ``<stem>.txt`` / ``<stem>.json`` beside another file
     with the same stem are caption sidecars (the text, or the json's ``"caption"``; ``.txt`` wins),
@@ -87,8 +155,12 @@ def list_inputs(root: str | Path, extensions: Iterable[str] | None = None) -> tu
     are returned as ignored.
     """
     root = Path(root)
+    if root.is_file() and root.suffix.lower() in LIST_SUFFIXES:
+        return list_input_file(root, extensions)
     if not root.is_dir():
-        raise FileNotFoundError(f"input directory '{root}' does not exist")
+        kind = "input list" if root.suffix.lower() in LIST_SUFFIXES else "input directory"
+        raise FileNotFoundError(f"{kind} '{root}' does not exist (input= takes a folder of videos or a list: "
+                                f"{', '.join(LIST_SUFFIXES)})")
     exts = None if extensions is None else {"." + str(e).lower().lstrip(".") for e in extensions}
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -104,18 +176,7 @@ def list_inputs(root: str | Path, extensions: Iterable[str] | None = None) -> tu
         if exts is not None and path.suffix.lower() not in exts:
             ignored.append(rel)
             continue
-        caption = None
-        for ext in SIDECAR_EXTS:
-            side = path.with_suffix(ext)
-            if side != path and side.is_file():
-                caption = _read_caption(side)
-                if caption is not None:
-                    break
-        try:
-            stamp = file_stamp(path)
-        except OSError:  # dangling symlink, or removed since the listing: probing reports it
-            stamp = {"size_bytes": -1, "mtime_ns": -1}
-        inputs.append(InputFile(rel, str(path.absolute()), caption, stamp))
+        inputs.append(InputFile(rel, str(path.absolute()), _sidecar_caption(path), _stamp(path)))
     return inputs, ignored
 
 
