@@ -131,13 +131,12 @@ def normalise_filters(filters: Any, clips: list[dict[str, Any]]) -> list[DrawnFi
         except ValueError:  # a rule the pipeline would refuse: nothing to draw
             continue
         spec = DrawnFilter(rule)
-        resolved = "threshold_min" in f or "threshold_max" in f
         lo, hi = _number(f.get("threshold_min")), _number(f.get("threshold_max"))
         values = [v for v in (_number(r.get(rule.column)) for r in clips) if v is not None]
-        resolved = resolved or not quantiles_apply(rule, len(values))
-        if rule.drop_lowest and not resolved:
+        compute = not ("threshold_min" in f or "threshold_max" in f) and quantiles_apply(rule, len(values))
+        if rule.drop_lowest and compute:
             lo, spec.computed = quantile_threshold(values, rule.drop_lowest, lowest=True), True
-        if rule.drop_highest and not resolved:
+        if rule.drop_highest and compute:
             hi, spec.computed = quantile_threshold(values, rule.drop_highest, lowest=False), True
         if f.get("skipped"):
             spec.skipped = str(f["skipped"])

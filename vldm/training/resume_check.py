@@ -55,14 +55,12 @@ def _compared(cfg: DictConfig) -> dict[str, Any]:
 def config_differences(stored: DictConfig, current: DictConfig) -> list[str]:
     """``"key: stored -> current"`` for every compared key whose value differs."""
     old, new = _compared(stored), _compared(current)
-    missing = object()
-    rows = []
-    for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key, missing), new.get(key, missing)
-        if a != b:
-            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
-            rows.append(f"{key}: {show(a)} -> {show(b)}")
-    return rows
+    return [f"{key}: {_shown(old, key)} -> {_shown(new, key)}" for key in sorted(old.keys() | new.keys())
+            if (key in old, old.get(key)) != (key in new, new.get(key))]
+
+
+def _shown(flat: dict[str, Any], key: str) -> str:
+    return repr(flat[key]) if key in flat else "(absent)"
 
 
 def stored_config_path(checkpoint: Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -256,6 +257,4 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
 
 
 def signal_name(signum: int | None) -> str:
-    import signal
-
     return signal.Signals(signum).name if signum is not None else "stop"
