@@ -41,14 +41,17 @@ import numpy as np
 
 from data_curation.records import ClipSpan
 
-TRANSITION_KINDS: tuple[str, ...] = ("cut", "fade")
+TRANSITION_KINDS: tuple[str, ...] = ("cut", "fade", "dissolve")
+DETECTORS: tuple[str, ...] = ("cascade", "transnetv2", "both")
 
 
 @dataclass(frozen=True)
 class CutDetectorConfig:
     """Thresholds of :func:`detect_transitions` (fractions are of pixels, levels of 0-255 luma).
 
-    ``step``: frame step of pass 1. ``cheap_size`` / ``fine_size``: short side of the frames each
+    ``detector``: ``"cascade"`` (this module), ``"transnetv2"`` (the learned detector of
+    :mod:`data_curation.learned_cuts`) or ``"both"`` (their union); the learned one falls back
+    to the cascade, with one line, when its package is missing. ``step``: frame step of pass 1. ``cheap_size`` / ``fine_size``: short side of the frames each
     pass compares (frames are never upscaled; ``fine_size=None`` keeps the input size).
     ``pixel_threshold``: colour change that marks a pixel changed. ``shift_tolerance``: px of
     motion forgiven per pixel. ``max_shift``: the largest global shift (camera pan) undone, as a
@@ -64,6 +67,7 @@ class CutDetectorConfig:
     both ramps have ``min_ramp_frames`` and its bottom is <= ``dip_ratio`` x the luma around it.
     """
 
+    detector: str = "cascade"
     step: int = 4
     cheap_size: int = 32
     fine_size: int | None = 64
@@ -86,6 +90,8 @@ class CutDetectorConfig:
     dip_ratio: float = 0.35
 
     def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
         if self.step < 1:
             raise ValueError(f"step must be >= 1, got {self.step}")
         if self.cheap_size < 4 or (self.fine_size is not None and self.fine_size < 4):
@@ -114,16 +120,19 @@ class CutDetectorConfig:
 
 @dataclass(frozen=True)
 class Transition:
-    """Frames ``[start, end]`` (inclusive) that belong to no scene; ``kind`` is "cut" or "fade".
+    """Frames ``[start, end]`` (inclusive) that belong to no scene; ``kind`` is "cut", "fade" or "dissolve".
 
     A hard cut into frame ``c`` is ``Transition(c - 1, c, "cut")`` (module doc). ``score``: the
-    detector's evidence (changed fraction of a cut, 1.0 for fades); not part of equality.
+    detector's evidence (changed fraction of a cut, 1.0 for fades); ``found_by``: the detector that
+    found it (``"cascade"`` or ``"transnetv2"``; both, comma-joined, when they agree). Neither is
+    part of equality.
     """
 
     start: int
     end: int
     kind: str
     score: float = field(default=0.0, compare=False)
+    found_by: str = field(default="cascade", compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.start <= self.end:

@@ -23,6 +23,7 @@ ERROR_CODES: dict[str, str] = {
     "no_video_stream": "the container has no video stream",
     "truncated": "the file ends before the container or stream says it should",
     "decode_error": "the decoders failed on the file",
+    "timeout": "the decoder delivered no frame within decode_timeout_s (a hung file system or decoder)",
     "scorer_error": "a scorer raised on a clip of this file",
     "internal_error": "an unexpected exception (a bug: please report it with the message)",
 }
@@ -92,6 +93,19 @@ class ClipSpan:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class StillsRequest:
+    """Frames a scorer needs sharper than the analysis frames: short side ``short_side`` px (never
+    upscaled past the source), one every ``every_s`` seconds of the source."""
+
+    short_side: int
+    every_s: float
+
+    def __post_init__(self) -> None:
+        if self.short_side < 8 or not self.every_s > 0:
+            raise ValueError(f"need short_side >= 8 and every_s > 0, got {self.short_side}, {self.every_s}")
+
+
 @dataclass
 class Clip:
     """One clip handed to the scorers.
@@ -99,7 +113,9 @@ class Clip:
     ``frames``: uint8 ``(T, H, W, 3)`` RGB, the span's frames at the source frame rate, decoded at
     the analysis resolution (short side ``analysis_short_side`` of the config). ``fps`` is the
     source frame rate, so a scorer wanting 2 fps takes every ``round(fps / 2)``-th frame.
-    ``caption``: the caption that came with the data, or ``None``.
+    ``caption``: the caption that came with the data, or ``None``. ``stills``: clip frame index ->
+    uint8 RGB frame at the resolution a scorer's :class:`StillsRequest` asked for (the pipeline
+    fills it with the frames of its stills grid inside the span; empty when nobody asked).
     """
 
     video_id: str
@@ -110,6 +126,7 @@ class Clip:
     frames: np.ndarray
     caption: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stills: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def clip_id(self) -> str:
@@ -135,7 +152,8 @@ class Scorer(Protocol):
     keys are manifest columns (``"motion_score"``, ``"text_ratio"``, ...). Scorers hold no state
     that changes between clips, so running them in any process or order gives the same numbers.
     ``available`` is False when the scorer needs files that are absent (then ``unavailable_reason``
-    says which file is needed) and the pipeline skips it with one line.
+    says which file is needed) and the pipeline skips it with one line. A scorer may also have a
+    ``stills`` attribute (a :class:`StillsRequest`): the pipeline then fills ``Clip.stills``.
     """
 
     name: str
