@@ -148,7 +148,7 @@ def test_transition_convention_and_validation() -> None:
     cut = Transition(9, 10, "cut", 0.9)
     assert cut.boundary == 10 and cut == Transition(9, 10, "cut")  # score is not part of equality
     assert Transition(4, 12, "fade").boundary == 8
-    for bad in ((5, 4, "cut"), (-1, 2, "cut"), (1, 2, "dissolve")):
+    for bad in ((5, 4, "cut"), (-1, 2, "cut"), (1, 2, "wipe")):
         with pytest.raises(ValueError):
             Transition(*bad)
     for bad in (dict(step=0), dict(cheap_size=2), dict(candidate_threshold=0.6, cut_threshold=0.5),
