@@ -51,7 +51,9 @@ class CutDetectorConfig:
 
     ``detector``: ``"cascade"`` (this module), ``"transnetv2"`` (the learned detector of
     :mod:`data_curation.learned_cuts`) or ``"both"`` (their union); the learned one falls back
-    to the cascade, with one line, when its package is missing. ``step``: frame step of pass 1. ``cheap_size`` / ``fine_size``: short side of the frames each
+    to the cascade, with one line, when its package is missing; ``learned_device`` ("auto": CUDA
+    when available) and ``learned_threshold`` (per-frame probability) configure it.
+    ``step``: frame step of pass 1. ``cheap_size`` / ``fine_size``: short side of the frames each
     pass compares (frames are never upscaled; ``fine_size=None`` keeps the input size).
     ``pixel_threshold``: colour change that marks a pixel changed. ``shift_tolerance``: px of
     motion forgiven per pixel. ``max_shift``: the largest global shift (camera pan) undone, as a
@@ -68,6 +70,8 @@ class CutDetectorConfig:
     """
 
     detector: str = "cascade"
+    learned_device: str = "auto"
+    learned_threshold: float = 0.5
     step: int = 4
     cheap_size: int = 32
     fine_size: int | None = 64
@@ -92,6 +96,8 @@ class CutDetectorConfig:
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
             raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        if not 0 < self.learned_threshold < 1:
+            raise ValueError(f"learned_threshold must lie in (0, 1), got {self.learned_threshold}")
         if self.step < 1:
             raise ValueError(f"step must be >= 1, got {self.step}")
         if self.cheap_size < 4 or (self.fine_size is not None and self.fine_size < 4):

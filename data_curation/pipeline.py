@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 SIDECAR_EXTS = (".txt", ".json")
 CONFIG_KEYS = frozenset({"input", "output", "extensions", "analysis_short_side", "progress", "report", "prefilter",
                          "cuts", "clips", "scorers", "filters", "shards", "engine", "heldout_fraction",
-                         "motion_bucket_scale"})
+                         "motion_bucket_scale", "decode_timeout_s"})
 DEFAULT_HELDOUT_FRACTION = 0.05
 DEFAULT_MOTION_BUCKET_SCALE = 0.1
 # clip-row fields that describe the decision, not the clip: left out of the shard json
@@ -220,11 +220,14 @@ def _score_phase(run: RunDir, inputs: list[InputFile], cfg: dict[str, Any], engi
     state = worker_state(settings, key)  # the driver builds the scorers once to announce the missing ones
     for name, reason in sorted(state.unavailable.items()):
         notify(reason if "skipped" in reason else f"{name} scorer skipped: {reason}")
+    for note in state.notes:
+        notify(note)
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for inp in inputs:
         record = run.load_record(inp.video_id)
-        if record_is_current(record, inp.stamp, key) and record.get("caption") == inp.caption:
+        timed_out = record is not None and record["video"].get("error_code") == "timeout"  # retried each run
+        if record_is_current(record, inp.stamp, key) and record.get("caption") == inp.caption and not timed_out:
             records[inp.video_id] = record
         else:
             todo.append(ScoreTask(inp, settings, key))

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from data_curation.records import MANIFEST_COLUMNS, Clip, CurationError, clip_id, video_id
+from data_curation.records import MANIFEST_COLUMNS, Clip, CurationError, StillsRequest, clip_id, video_id
 from data_curation.work_dir import RECORD_VERSION
 
 THUMB_QUALITY = 85
 _RESERVED = (set(MANIFEST_COLUMNS) - {"caption"}) | {"fps", "num_frames"}
 _STATE_CACHE: dict[str, "WorkerState"] = {}  # settings key -> built scorers; see the module docstring
 _STATE_CACHE_SIZE = 2
+DEFAULT_DECODE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -54,19 +56,46 @@ class ScoreTask:
 
 @dataclass
 class WorkerState:
-    """What a worker builds once: config objects and the available scorers (in config order)."""
+    """What a worker builds once: config objects, the available scorers (in config order), the
+    learned cut detector when one is asked for and can run, and lines to tell the user."""
 
     prefilter: Any
     cuts: Any
     scorers: list[Any]
     unavailable: dict[str, str] = field(default_factory=dict)
+    learned: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def detector(self, fps: float) -> Callable[[np.ndarray], list[Any]]:
+        """The transition detector ``cuts.detector`` names, for frames at ``fps``."""
+        from data_curation.cuts import detect_transitions
+        from data_curation.learned_cuts import combine
+
+        cfg = self.cuts
+
+        def cascade(frames: np.ndarray) -> list[Any]:
+            return detect_transitions(frames, fps, cfg)
+
+        if self.learned is None:
+            return cascade
+        if cfg.detector == "transnetv2":
+            return self.learned
+        return lambda frames: combine(cascade(frames), self.learned(frames))
+
+    def stills(self) -> StillsRequest | None:
+        """One stills request covering every scorer's: the largest short side, the shortest interval."""
+        asked = [r for r in (getattr(s, "stills", None) for s in self.scorers) if r is not None]
+        if not asked:
+            return None
+        return StillsRequest(max(r.short_side for r in asked), min(r.every_s for r in asked))
 
 
 def scoring_settings(cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The part of the run config that decides the records, and its hash (records made under
-    other settings are recomputed on resume)."""
+    other settings are recomputed on resume); plus ``decode_timeout_s``, which is not hashed."""
     settings = {k: cfg.get(k) for k in ("analysis_short_side", "prefilter", "cuts", "clips", "scorers")}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    settings["decode_timeout_s"] = cfg.get("decode_timeout_s", DEFAULT_DECODE_TIMEOUT_S)
     return settings, key
 
 
@@ -93,6 +122,15 @@ def worker_state(settings: dict[str, Any], key: str) -> WorkerState:
         else:
             unavailable[getattr(scorer, "name", name)] = str(getattr(scorer, "unavailable_reason", "unavailable"))
     state = WorkerState(_instantiate(settings.get("prefilter")), _instantiate(settings.get("cuts")), scorers, unavailable)
+    detector = getattr(state.cuts, "detector", "cascade")
+    if detector != "cascade":
+        from data_curation.learned_cuts import TransNetDetector, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            state.notes.append(f"cuts.detector={detector}: {reason}; the cascade finds the transitions instead")
+        else:
+            state.learned = TransNetDetector(state.cuts.learned_device, state.cuts.learned_threshold)
     if len(_STATE_CACHE) >= _STATE_CACHE_SIZE:
         _STATE_CACHE.clear()
     _STATE_CACHE[key] = state
@@ -140,32 +178,37 @@ def _score_clip(clip: Clip, scorers: list[Any]) -> dict[str, Any]:
 
 def _curate_one(inp: InputFile, settings: dict[str, Any], state: WorkerState,
                 video: dict[str, Any], clips: list[dict[str, Any]], thumbs: dict[str, bytes]) -> None:
-    from data_curation.cuts import detect_transitions, split_clips
-    from data_curation.decode import decode_video
+    from data_curation.analysis import Analysis, ClipCutter, analyse_stream
+    from data_curation.frame_stream import call_with_timeout, stream_frames
     from data_curation.probe import prefilter, probe_video
 
-    info = probe_video(inp.path)
+    timeout = settings.get("decode_timeout_s", DEFAULT_DECODE_TIMEOUT_S)
+    info = call_with_timeout(lambda: probe_video(inp.path), timeout, f"probing '{inp.path}'")
     video.update(info.as_row())
     if state.prefilter is not None:
         reason = prefilter(info, state.prefilter)
         if reason:
             video["dropped_by"] = str(reason)
             return
-    frames, fps = decode_video(inp.path, settings["analysis_short_side"], expected_frames=info.num_frames)
+    fps = float(info.fps)
+    if not fps > 0:
+        raise CurationError("decode_error", f"'{inp.path}': the container gives no frame rate")
     clip_cfg = settings.get("clips") or {}
-    transitions = detect_transitions(frames, fps, state.cuts)
-    spans = split_clips(len(frames), transitions, fps, clip_cfg.get("min_seconds", 0.0),
-                        clip_cfg.get("max_seconds", None), clip_cfg.get("margin_frames", 0))
-    video.update(decoded_frames=int(len(frames)), num_clips=len(spans),
-                 transitions=[[int(t.start), int(t.end), str(t.kind)] for t in transitions])
-    if not spans:
-        video["dropped_by"] = "no_clips"
-        return
+    min_s, max_s = clip_cfg.get("min_seconds", 0.0), clip_cfg.get("max_seconds", None)
+    cutter = ClipCutter(max(1, math.ceil(min_s * fps - 1e-9)),
+                        None if max_s is None else math.floor(max_s * fps + 1e-9), clip_cfg.get("margin_frames", 0))
+    batches = stream_frames(inp.path, settings["analysis_short_side"], fps, stills=state.stills(),
+                            expected_frames=info.num_frames, timeout_s=timeout)
+    found = Analysis([])
     vid = inp.video_id
-    for index, span in enumerate(spans):
-        clip = Clip(vid, index, inp.source, span, float(fps), frames[span.start : span.end], inp.caption)
+    for index, (span, frames, stills) in enumerate(analyse_stream(batches, state.detector(fps), cutter, result=found)):
+        clip = Clip(vid, index, inp.source, span, fps, frames, inp.caption, stills=stills)
         clips.append(_score_clip(clip, state.scorers))
-        thumbs[clip_id(vid, index)] = _thumb(clip.frames[len(clip.frames) // 2])
+        thumbs[clip_id(vid, index)] = _thumb(frames[len(frames) // 2])
+    video.update(decoded_frames=int(found.num_frames), num_clips=len(clips),
+                 transitions=[[int(t.start), int(t.end), str(t.kind), str(t.found_by)] for t in found.transitions])
+    if not clips:
+        video["dropped_by"] = "no_clips"
 
 
 def _last_line(err: BaseException) -> str:
