@@ -11,7 +11,8 @@ scorers together cost at most 1.5x decoding alone on 2 cores. This script:
 2. builds the stages exactly as a curation run does (``configs/curate.yaml`` composed with Hydra,
    scorers built by ``data_curation.scoring.worker_state``) and times, per video, in this one
    process with ``--threads`` threads (cv2, torch, decord): probe, decode at the analysis size
-   (``decode_video``: the single decode the pipeline does), cut detection + splitting, each
+   (``stream_frames``: the single decode the pipeline does, stills included), the windowed
+   transition detection + splitting (``analyse_stream``), each
    available scorer on each clip, the report thumbnail, and the write phase per clip
    (``decode_span`` at the output size, then H.264 encoding) — the first video is run once
    untimed first, so model loading is excluded (and reported separately);
@@ -136,35 +137,50 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
-def measure_video(path: Path, source: str, settings: dict[str, Any], cuts_cfg: Any, scorers: list[Any],
+def measure_video(path: Path, source: str, settings: dict[str, Any], state: Any, scorers: list[Any],
                   output: Any, threads: int) -> dict[str, Any]:
-    """Time every stage of one video as a curation run does it (single process, ``threads``)."""
-    from data_curation.cuts import detect_transitions, split_clips
-    from data_curation.decode import decode_span, decode_video
+    """Time every stage of one video as a curation run does it (single process, ``threads``).
+
+    The run streams: decoding, transitions and scorers interleave. Here the stream is drained first
+    (the decode stage, stills included), then replayed through the windowed analysis (cuts) and the
+    scorers, so each stage is timed alone on the same frames.
+    """
+    import math
+
+    from data_curation.analysis import Analysis, ClipCutter, analyse_stream
+    from data_curation.decode import decode_span
+    from data_curation.frame_stream import stream_frames
     from data_curation.probe import probe_video
     from data_curation.records import Clip, clip_id, video_id
-    from data_curation.scoring import _thumb
+    from data_curation.scoring import _thumb, stills_request
     from data_curation.shard_writer import _resize_even
     from vldm.io.video_io import encode_mp4
 
     times: dict[str, float] = {}
     info, times["probe"] = _timed(probe_video, path)
-    (frames, fps), times["decode"] = _timed(decode_video, path, settings["analysis_short_side"],
-                                            expected_frames=info.num_frames, num_threads=threads)
+    fps = info.fps
+    detect, stills = state.detector(fps), stills_request(scorers)
+    batches, times["decode"] = _timed(lambda: list(stream_frames(
+        path, settings["analysis_short_side"], fps, stills=stills, expected_frames=info.num_frames,
+        timeout_s=None, num_threads=threads)))
     clips_cfg = settings["clips"]
     t = time.perf_counter()
-    transitions = detect_transitions(frames, fps, cuts_cfg)
-    spans = split_clips(len(frames), transitions, fps, clips_cfg["min_seconds"], clips_cfg["max_seconds"],
+    cutter = ClipCutter(max(1, math.ceil(clips_cfg["min_seconds"] * fps - 1e-9)),
+                        None if clips_cfg["max_seconds"] is None else math.floor(clips_cfg["max_seconds"] * fps + 1e-9),
                         clips_cfg["margin_frames"])
+    found = Analysis([])
+    pieces = list(analyse_stream(batches, detect, cutter, result=found))
+    transitions = found.transitions
     times["cuts"] = time.perf_counter() - t
+    frames_shape = batches[0].frames.shape[1:3]
     vid = video_id(source)
     caption = path.with_suffix(".txt").read_text().strip() if path.with_suffix(".txt").is_file() else None
     for scorer in scorers:
         times[f"scorer:{scorer.name}"] = 0.0
     times["thumbs"] = times["write_decode"] = times["write_encode"] = 0.0
     clips = []
-    for index, span in enumerate(spans):
-        clip = Clip(vid, index, source, span, float(fps), frames[span.start : span.end], caption)
+    for index, (span, span_frames, span_stills) in enumerate(pieces):
+        clip = Clip(vid, index, source, span, float(fps), span_frames, caption, stills=span_stills)
         for scorer in scorers:
             _, dt = _timed(scorer.score, clip)
             times[f"scorer:{scorer.name}"] += dt
@@ -182,9 +198,9 @@ def measure_video(path: Path, source: str, settings: dict[str, Any], cuts_cfg: A
         times["write_encode"] += t_enc
         clips.append({"clip_id": clip_id(vid, index), "frames": span.num_frames, "write_decode": t_dec,
                       "write_encode": t_enc})
-    return {"source": source, "frames": int(len(frames)), "fps": float(fps), "width": info.width,
+    return {"source": source, "frames": int(found.num_frames), "fps": float(fps), "width": info.width,
             "height": info.height, "bits_per_pixel": info.bits_per_pixel,
-            "analysis_shape": list(frames.shape[1:3]), "transitions": len(transitions),
+            "analysis_shape": list(frames_shape), "transitions": len(transitions),
             "clips": clips, "seconds": times}
 
 
@@ -352,11 +368,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.clip_random and not any(s.name == "clip" for s in scorers):
             scorers.append(random_clip_scorer(args.clip_random, cfg["scorers"].get("clip") or {}))
             print(f"clip scorer timed with random {args.clip_random} weights (timing only; not in the pipeline run)")
-        measure_video(paths[0], paths[0].name, settings, state.cuts, scorers, output, args.threads)  # warm-up
+        measure_video(paths[0], paths[0].name, settings, state, scorers, output, args.threads)  # warm-up
         t_warm = time.perf_counter() - t
         videos: list[dict[str, Any]] = []
         for _ in range(args.repeats):  # each stage of each video: the fastest of the repeats
-            run = [measure_video(path, path.name, settings, state.cuts, scorers, output, args.threads)
+            run = [measure_video(path, path.name, settings, state, scorers, output, args.threads)
                    for path in paths]
             videos = run if not videos else [_fastest(a, b) for a, b in zip(videos, run)]
         scorer_names = [s.name for s in scorers]

@@ -17,7 +17,7 @@ fails a buffer-size check; then the frames are decoded at the source size and re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -238,3 +238,96 @@ def decode_span(path: str | Path, start: int, end: int, short_side: int | None, 
         raise ValueError(f"need 0 <= start < end, got [{start}, {end})")
     frames, _ = _decode(Path(path), short_side, (start, end), None, num_threads)
     return frames
+
+
+def iter_span(path: str | Path, start: int, end: int, short_side: int | None, batch_frames: int = 32,
+              num_threads: int = 1) -> Iterator[np.ndarray]:
+    """Frames ``[start, end)`` of :func:`decode_span`, yielded ``batch_frames`` at a time (one batch in memory).
+
+    PyAV seeks to the key frame before ``start`` and decodes on, placing frames by their
+    timestamps. Streams whose timestamps do not count frames one by one (variable frame rate,
+    missing timestamps), or any PyAV failure before the first batch, fall back to
+    :func:`decode_span` (decord; the whole span at once). PyAV is preferred here because the frames
+    are encoded as they arrive, and libx264 run through PyAV holds far more memory while a decord
+    reader is open in the process. Same sizes and errors as :func:`decode_span`.
+    """
+    if not 0 <= start < end or batch_frames < 1:
+        raise ValueError(f"need 0 <= start < end and batch_frames >= 1, got [{start}, {end}), {batch_frames}")
+    path = Path(path)
+    _check_file(path)
+    source, _ = _header(path)
+    size = target_size(*source, short_side) if source is not None else None
+    pieces = _pyav_seek_span(path, start, end, size, batch_frames)
+    try:
+        first = next(pieces)
+    except _Irregular:
+        yield decode_span(path, start, end, short_side, num_threads)
+        return
+    except StopIteration:
+        return
+    yield _fit(first, size, short_side)
+    for piece in pieces:
+        yield _fit(piece, size, short_side)
+
+
+class _Irregular(Exception):
+    """PyAV cannot place this stream's frames by timestamp (or failed before the first frame)."""
+
+
+def _pyav_seek_span(path: Path, start: int, end: int, size: Size | None, batch_frames: int) -> Iterator[np.ndarray]:
+    """Frames ``[start, end)`` by seeking and decoding with PyAV; raises :class:`_Irregular` before the
+    first batch when timestamps cannot place them, ``truncated`` when the stream ends early."""
+    try:
+        import av
+
+        container = av.open(str(path), mode="r")
+    except Exception as err:  # noqa: BLE001 - decord gets its turn
+        raise _Irregular(str(err)) from None
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"
+        rate = stream.average_rate or stream.guessed_rate
+        base, origin = stream.time_base, stream.start_time
+        if not rate or base is None or origin is None:
+            raise _Irregular("no frame rate, time base or start time")
+        fps, tb = float(rate), float(base)
+
+        def index_of(frame: Any) -> int | None:
+            return None if frame.pts is None else int(round((frame.pts - origin) * tb * fps))
+
+        batch: list[np.ndarray] = []
+        delivered, expected = 0, start
+        try:
+            if start > 0:
+                container.seek(origin + int(start / fps / tb), stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                index = index_of(frame)
+                if index is None or (index > expected and expected == start and not delivered):
+                    raise _Irregular(f"frame at index {index} after seeking to {start}")
+                if index < expected:
+                    continue
+                if index != expected:
+                    raise _Irregular(f"timestamps skip from frame {expected} to {index}")
+                if size is not None and (frame.width, frame.height) != size:
+                    frame = frame.reformat(width=size[0], height=size[1], format="rgb24")
+                batch.append(frame.to_ndarray(format="rgb24"))
+                expected += 1
+                if len(batch) == batch_frames or expected == end:
+                    delivered += len(batch)
+                    yield np.stack(batch)
+                    batch = []
+                if expected == end:
+                    return
+        except _Irregular:
+            if delivered:
+                raise CurationError("decode_error", f"'{path}': frame timestamps break after frame {expected}") from None
+            raise
+        except Exception as err:  # noqa: BLE001 - PyAV raises many FFmpegError subclasses
+            if not delivered:
+                raise _Irregular(str(err)) from None
+            raise CurationError("decode_error", f"'{path}': pyav failed at frame {expected} ({_short(err)})") from None
+        if not delivered and not batch:
+            raise _Irregular("no frame decoded after seeking")
+        if batch:
+            yield np.stack(batch)
+        raise CurationError("truncated", f"'{path}': frames [{start}, {end}) asked, the stream ended at frame {expected}")

@@ -82,12 +82,14 @@ class WorkerState:
             return self.learned
         return lambda frames: combine(cascade(frames), self.learned(frames))
 
-    def stills(self) -> StillsRequest | None:
-        """One stills request covering every scorer's: the largest short side, the shortest interval."""
-        asked = [r for r in (getattr(s, "stills", None) for s in self.scorers) if r is not None]
-        if not asked:
-            return None
-        return StillsRequest(max(r.short_side for r in asked), min(r.every_s for r in asked))
+
+
+def stills_request(scorers: list[Any]) -> StillsRequest | None:
+    """One stills request covering every scorer's: the largest short side, the shortest interval."""
+    asked = [r for r in (getattr(s, "stills", None) for s in scorers) if r is not None]
+    if not asked:
+        return None
+    return StillsRequest(max(r.short_side for r in asked), min(r.every_s for r in asked))
 
 
 def scoring_settings(cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -197,7 +199,7 @@ def _curate_one(inp: InputFile, settings: dict[str, Any], state: WorkerState,
     min_s, max_s = clip_cfg.get("min_seconds", 0.0), clip_cfg.get("max_seconds", None)
     cutter = ClipCutter(max(1, math.ceil(min_s * fps - 1e-9)),
                         None if max_s is None else math.floor(max_s * fps + 1e-9), clip_cfg.get("margin_frames", 0))
-    batches = stream_frames(inp.path, settings["analysis_short_side"], fps, stills=state.stills(),
+    batches = stream_frames(inp.path, settings["analysis_short_side"], fps, stills=stills_request(state.scorers),
                             expected_frames=info.num_frames, timeout_s=timeout)
     found = Analysis([])
     vid = inp.video_id

@@ -18,7 +18,7 @@ import os
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -141,23 +141,38 @@ def _resize_even(frames: np.ndarray, short_side: int | None) -> np.ndarray:
 
 
 def render_clip(clip: ShardClip, output: OutputConfig) -> tuple[bytes, dict[str, Any]]:
-    """Decode one clip at the output size, resample and encode it; returns mp4 bytes and its json."""
-    from data_curation.decode import decode_span
-    from vldm.io.video_io import encode_mp4
+    """Decode one clip at the output size, resample and encode it, a batch of frames at a time;
+    returns mp4 bytes and its json."""
+    from data_curation.decode import iter_span
+    from vldm.io.video_io import encode_mp4_chunks
 
-    frames = decode_span(clip.path, clip.start, clip.end, output.short_side)
-    frames = _resize_even(np.asarray(frames), output.short_side)
     stride = 1
     if output.fps is not None and output.fps < clip.fps:
         stride = max(1, int(round(clip.fps / output.fps)))
-    frames = frames[::stride]
-    if output.max_frames is not None:
-        frames = frames[: output.max_frames]
+    limit = output.max_frames
+    shape: list[int] = []
+
+    def chunks() -> Iterator[np.ndarray]:
+        index = kept = 0  # source frames seen / frames written
+        for batch in iter_span(clip.path, clip.start, clip.end, output.short_side):
+            take = [i for i in range(len(batch)) if (index + i) % stride == 0]
+            index += len(batch)
+            if limit is not None:
+                take = take[: max(0, limit - kept)]
+            if take:
+                frames = _resize_even(np.asarray(batch)[take], output.short_side)
+                kept += len(frames)
+                shape[:] = [kept, frames.shape[1], frames.shape[2]]
+                yield frames
+            if limit is not None and kept >= limit:
+                return
+
     fps = clip.fps / stride
+    mp4 = encode_mp4_chunks(chunks(), fps, crf=output.crf)
     meta = dict(clip.meta)
-    meta.update(fps=fps, source_fps=clip.fps, frame_stride=stride, num_frames=int(frames.shape[0]),
-                height=int(frames.shape[1]), width=int(frames.shape[2]))
-    return encode_mp4(frames, fps, crf=output.crf), meta
+    meta.update(fps=fps, source_fps=clip.fps, frame_stride=stride, num_frames=int(shape[0]),
+                height=int(shape[1]), width=int(shape[2]))
+    return mp4, meta
 
 
 def write_shard(task: ShardTask) -> ShardResult:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -36,25 +36,38 @@ def _fps_fraction(fps: float) -> Fraction:
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 10) -> bytes:
     """Encode ``(T, H, W, 3)`` uint8 RGB frames as H.264/yuv420p mp4 bytes; H and W must be even."""
+    return encode_mp4_chunks([frames], fps, crf)
+
+
+def encode_mp4_chunks(chunks: Iterable[np.ndarray], fps: float, crf: int = 10) -> bytes:
+    """:func:`encode_mp4` of the concatenated ``chunks`` (each ``(t, H, W, 3)``), one chunk in memory at a time."""
     import av
 
-    frames = _check_frames(frames)
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 with yuv420p needs even height and width, got {h}x{w} (HxW)")
     rate = _fps_fraction(fps)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(int(crf))}
-        stream.codec_context.time_base = 1 / rate
-        for i, frame in enumerate(frames):
-            # convert to yuv420p here: left to the encoder, the conversion's output depended on what the
-            # process had encoded before, so the same frames did not always give the same bytes
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
-            vf.pts, vf.time_base = i, 1 / rate
-            container.mux(stream.encode(vf))
+        stream, i = None, 0
+        for chunk in chunks:
+            chunk = _check_frames(chunk)
+            t, h, w, _ = chunk.shape
+            if stream is None:
+                if h % 2 or w % 2:
+                    raise ValueError(f"H.264 with yuv420p needs even height and width, got {h}x{w} (HxW)")
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                stream.options = {"crf": str(int(crf))}
+                stream.codec_context.time_base = 1 / rate
+            elif (h, w) != (stream.height, stream.width):
+                raise ValueError(f"every chunk must have the first one's size {stream.height}x{stream.width}, got {h}x{w}")
+            for frame in chunk:
+                # convert to yuv420p here: left to the encoder, the conversion's output depended on what the
+                # process had encoded before, so the same frames did not always give the same bytes
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+                vf.pts, vf.time_base = i, 1 / rate
+                container.mux(stream.encode(vf))
+                i += 1
+        if stream is None:
+            raise ValueError("no frames to encode")
         container.mux(stream.encode())
     return buf.getvalue()
 
