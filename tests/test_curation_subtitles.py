@@ -122,11 +122,16 @@ def test_stills_arguments_are_checked() -> None:
         TextScorer(stills_every_s=0)
     with pytest.raises(ValueError, match="subtitle_min_share"):
         TextScorer(subtitle_min_share=0)
+    grey = Clip("feedfacefeedface", 0, "x.mp4", ClipSpan(0, 4), 8.0, np.zeros((4, 8, 8, 3), np.uint8),
+                stills={0: np.zeros((8, 8), np.uint8)})
+    with pytest.raises(ValueError, match=r"Clip.stills\[0\] must be a uint8 \(H, W, 3\) RGB frame"):
+        TextScorer().score(grey)
 
 
 def test_drawtext_subtitles_in_an_h264_video(tmp_path: Path, scorer: TextScorer) -> None:
     """ffmpeg drawtext subtitles (5 % glyph height) in a panning 640x360 H.264 video, decoded as the
     pipeline does: found in stills at the scorer's size, missed in the 128 px analysis frames."""
+    pytest.importorskip("imageio_ffmpeg", reason="the ffmpeg binary with drawtext comes with imageio-ffmpeg (dev extra)")
     from bench.text_sizes import panning_frames, render_video
     from data_curation.decode import decode_video
 

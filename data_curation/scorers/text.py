@@ -76,6 +76,14 @@ def is_subtitle_line(box: np.ndarray, height: int, top: float, min_aspect: float
     return bool(w >= min_aspect * h and pts[:, 1].mean() >= top * height)
 
 
+def _rgb_still(frame: np.ndarray, index: int) -> np.ndarray:
+    """``frame`` when it is a uint8 ``(H, W, 3)`` RGB image, else a ValueError naming the still."""
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"Clip.stills[{index}] must be a uint8 (H, W, 3) RGB frame, got {frame.dtype} "
+                         f"{frame.shape}: fill stills like the analysis frames")
+    return frame
+
+
 def subtitles_persist(line_frames: int, frames: int, min_share: float) -> bool:
     """True when ``line_frames`` of ``frames`` looked-at frames hold a subtitle line: at least
     ``min_share`` of them and at least 2."""
@@ -198,7 +206,7 @@ class TextScorer:
         else the chosen analysis frames (at ``short_side``)."""
         indices = frame_indices(len(clip.frames), self.frames)
         if clip.stills:
-            return [clip.stills[k] for k in nearest_stills(clip.stills, indices)]
+            return [_rgb_still(clip.stills[k], k) for k in nearest_stills(clip.stills, indices)]
         return [self._resize(clip.frames[i]) for i in indices]
 
     def frame_stats(self, frame: np.ndarray) -> tuple[float, int, bool]:
