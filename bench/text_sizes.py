@@ -21,7 +21,7 @@ burned-in subtitles, whose glyphs are 4-10 % of the frame height. This script:
 Reported: tables of detection rate (and glyph px) per glyph % and short side, the false-positive
 rate, the chosen side, ms per clip before/after; ``bench/results/text_sizes-cpu.json``.
 
-    python -m bench.text_sizes                           # the full grid (~10 min on 2 busy cores)
+    python -m bench.text_sizes                           # the full grid
     python -m bench.text_sizes --seeds 1 --sources 640x360 --sides 128 256   # a quick smoke run
 """
 

@@ -146,3 +146,15 @@ def test_drawtext_subtitles_in_an_h264_video(tmp_path: Path, scorer: TextScorer)
     assert got["text_boxes"] >= 1 and got["text_ratio"] > 0 and got["has_subtitles"] is True, got
     clip.stills = {}
     assert scorer.score(clip)["text_boxes"] == 0
+
+
+def test_bench_chooses_the_smallest_side_reaching_the_rate_from_4_percent_up() -> None:
+    from bench.text_sizes import choose_side, rate_table
+
+    rows = [{"glyph_pct": g, "side": side, "detected": d, "frames": 3}
+            for g, side, d in [(3, 128, 0), (3, 224, 1), (4, 128, 0), (4, 224, 3), (4, 256, 3), (6, 128, 2),
+                               (6, 224, 3), (6, 256, 3), (3, 256, 2)]]
+    table = rate_table(rows, "detected")
+    assert table[4] == {128: 0.0, 224: 1.0, 256: 1.0}
+    assert choose_side(table, 4, 0.95) == 224
+    assert choose_side(table, 3, 0.95) is None  # 3 % is never found in every frame
