@@ -1,9 +1,8 @@
-"""Decoding inputs for curation: a whole video once at the analysis size, or one span for writing.
+"""Decoding inputs for curation: a whole video at one size, one span for writing, or a span batch by batch.
 
-Curation decodes each input once, whole, at a small analysis resolution (short side 128 px by
-default); cut detection, motion, text and CLIP scores all read those frames, as the curation
-stages of the SVD paper (Blattmann et al. 2023, Sec. 3 / App. E) need no more than that. The
-write phase decodes only the kept spans again, at the output size.
+The curation run itself streams the analysis frames (:mod:`data_curation.frame_stream`, built on
+the helpers here) and writes each kept clip with :func:`iter_span`; :func:`decode_video` and
+:func:`decode_span` decode everything asked for at once (benchmarks, tests, short videos).
 
 decord resizes inside the decoder (the cheapest way; ``python -m bench.decode`` times both readers,
 docs/benchmarks.md); PyAV is the fallback. Frames are never upscaled: a ``short_side`` at or above

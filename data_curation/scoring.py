@@ -1,11 +1,13 @@
-"""Phase 2 of a curation run, per input: probe, prefilter, decode once, find cuts, split, score.
+"""Phase 2 of a curation run, per input: probe, prefilter, stream the frames once, find transitions, split, score.
 
 :func:`score_input` is the engine task (one input in, one record out). It never raises: a
 :class:`~data_curation.records.CurationError` becomes the record's ``error_code``, a scorer that
 raises becomes ``scorer_error`` and anything else ``internal_error`` with the exception's last
 line. The stages follow SVD (Blattmann et al. 2023, Sec. 3.1 / App. E): cascaded cut detection,
 then clip-level scorers (motion, OCR text, CLIP, captions) on frames decoded once at the analysis
-resolution.
+resolution (plus the sharper stills a scorer asks for), streamed through
+:mod:`data_curation.analysis` so memory does not grow with the video's length. Probing and every
+wait for decoded frames are bounded by ``decode_timeout_s``.
 
 Scorers are built once per worker process: :func:`worker_state` keeps a small cache keyed by the
 hash of the scoring settings (the one piece of module state, so a pool or Ray worker builds its
