@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from data_curation import dissolves
 from data_curation.records import ClipSpan
 
 TRANSITION_KINDS: tuple[str, ...] = ("cut", "fade", "dissolve")
@@ -88,6 +89,17 @@ class CutDetectorConfig:
     max_ramp_frames: int = 48
     min_ramp_frames: int = 2
     dip_ratio: float = 0.35
+    detect_dissolves: bool = True
+    dissolve_size: int = 12
+    min_dissolve_seconds: float = 0.2
+    max_dissolve_seconds: float = 2.0
+    dissolve_end_change: float = 0.8
+    dissolve_context_ratio: float = 1.5
+    dissolve_end_context: float = 1.5
+    dissolve_min_weight: float = 0.2
+    dissolve_min_fit: float = 0.5
+    dissolve_max_ramp_error: float = 0.1
+    dissolve_max_energy_ratio: float = 1.25
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -116,6 +128,32 @@ class CutDetectorConfig:
             raise ValueError("ramp_min_step, ramp_min_relative, max_ramp_frames and min_ramp_frames must be >= 0")
         if not 0 < self.dip_ratio < 1:
             raise ValueError(f"dip_ratio must be in (0, 1), got {self.dip_ratio}")
+        self._check_dissolves()
+
+    def _check_dissolves(self) -> None:
+        if self.dissolve_size < 4:
+            raise ValueError(f"dissolve_size must be >= 4, got {self.dissolve_size}")
+        if not 0 < self.min_dissolve_seconds <= self.max_dissolve_seconds:
+            raise ValueError(
+                f"need 0 < min_dissolve_seconds <= max_dissolve_seconds, got {self.min_dissolve_seconds}, "
+                f"{self.max_dissolve_seconds}"
+            )
+        if not 0 < self.dissolve_end_change <= 2:
+            raise ValueError(f"dissolve_end_change must be in (0, 2], got {self.dissolve_end_change}")
+        if self.dissolve_context_ratio < 1 or self.dissolve_end_context < 1:
+            raise ValueError(
+                f"dissolve_context_ratio and dissolve_end_context must be >= 1, got {self.dissolve_context_ratio}, "
+                f"{self.dissolve_end_context}"
+            )
+        if not 0 <= self.dissolve_min_weight < 0.5:
+            raise ValueError(f"dissolve_min_weight must be in [0, 0.5), got {self.dissolve_min_weight}")
+        if self.dissolve_max_energy_ratio < 1:
+            raise ValueError(f"dissolve_max_energy_ratio must be >= 1, got {self.dissolve_max_energy_ratio}")
+        if not 0 < self.dissolve_min_fit <= 1 or not 0 < self.dissolve_max_ramp_error < 1:
+            raise ValueError(
+                f"dissolve_min_fit must be in (0, 1] and dissolve_max_ramp_error in (0, 1), got "
+                f"{self.dissolve_min_fit}, {self.dissolve_max_ramp_error}"
+            )
 
 
 @dataclass(frozen=True)
@@ -372,8 +410,9 @@ def detect_transitions(frames: np.ndarray, fps: float, cfg: CutDetectorConfig = 
         for a, b in scan:
             seeds |= _seeds(fr, a, b)
         fades = _fades(fr, seeds)
-    # a cut touching a fade is part of it (e.g. the jump into a black frame)
-    cuts = [c for c in cuts if not any(f.start - 1 <= c.end and c.start <= f.end + 1 for f in fades)]
+    spans = fades + (_dissolves(fr, fps, fades) if cfg.detect_dissolves else [])
+    # a cut touching a fade or dissolve is part of it (e.g. the jump into a black frame)
+    cuts = [c for c in cuts if not any(f.start - 1 <= c.end and c.start <= f.end + 1 for f in spans)]
     kept: list[Transition] = []
     for cut in sorted(cuts, key=lambda c: c.start):
         if kept and cut.end - kept[-1].end < cfg.min_scene_frames:
@@ -381,7 +420,16 @@ def detect_transitions(frames: np.ndarray, fps: float, cfg: CutDetectorConfig = 
                 kept[-1] = cut
             continue
         kept.append(cut)
-    return sorted(kept + fades, key=lambda t: (t.start, t.end))
+    return sorted(kept + spans, key=lambda t: (t.start, t.end))
+
+
+def _dissolves(fr: _Frames, fps: float, fades: list[Transition]) -> list[Transition]:
+    """Cross-dissolves (:mod:`data_curation.dissolves`) that overlap no fade."""
+    if not fps > 0:
+        raise ValueError(f"dissolve detection needs fps > 0, got {fps}")
+    found = dissolves.detect_dissolves(fr, fr.cfg, fps)
+    return [Transition(a, b, "dissolve", score) for a, b, score in found
+            if not any(f.start - 1 <= b and a <= f.end + 1 for f in fades)]
 
 
 def split_clips_frames(
