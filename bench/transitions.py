@@ -286,6 +286,7 @@ def summarise(rows: list[dict[str, Any]], tolerance: int) -> dict[str, Any]:
     errors = [(r["start_error"], r["end_error"]) for r in dis if "start_error" in r]
     minutes = sum(r["frames"] / r["fps"] for r in nocut) / 60
     false = sum(len(r["found"]) for r in nocut)
+    false_dissolves = sum(f[2] == "dissolve" for r in nocut for f in r["found"])
     on, off = sum(r["seconds_on"] for r in rows), sum(r["seconds_off"] for r in rows)
     return {
         "dissolves": len(dis), "found": len(hits), "recall": len(hits) / max(len(dis), 1), "tolerance": tolerance,
@@ -294,6 +295,7 @@ def summarise(rows: list[dict[str, Any]], tolerance: int) -> dict[str, Any]:
         "max_abs_span_error": max((max(abs(a), abs(b)) for a, b in errors), default=None),
         "extra_on_dissolve_videos": sum(r["extra"] for r in dis),
         "no_cut_minutes": minutes, "false_transitions": false, "false_per_10_min": 10 * false / max(minutes, 1e-9),
+        "false_dissolves": false_dissolves, "false_dissolves_per_10_min": 10 * false_dissolves / max(minutes, 1e-9),
         "false_by_kind": {k: sum(len(r["found"]) for r in nocut if r["kind"] == k) for k in NO_CUT_KINDS},
         "seconds_on": on, "seconds_off": off, "cost_ratio": on / max(off, 1e-9),
         "ms_per_video_on": 1000 * on / max(len(rows), 1), "ms_per_video_off": 1000 * off / max(len(rows), 1),
@@ -327,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"(recall {result['recall']:.3f}); mean |start error| {result['mean_abs_start_error']}, "
           f"mean |end error| {result['mean_abs_end_error']}, max {result['max_abs_span_error']}")
     print(f"no-cut video: {result['false_transitions']} false transitions in {result['no_cut_minutes']:.1f} min "
-          f"= {result['false_per_10_min']:.2f} per 10 min; by kind {result['false_by_kind']}")
+          f"= {result['false_per_10_min']:.2f} per 10 min (by video kind {result['false_by_kind']}); of them "
+          f"{result['false_dissolves']} dissolves = {result['false_dissolves_per_10_min']:.2f} per 10 min")
     print(f"detect_transitions: {result['ms_per_video_on']:.1f} ms/video with dissolves, {result['ms_per_video_off']:.1f} "
           f"without (ratio {result['cost_ratio']:.3f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)

