@@ -9,7 +9,6 @@ import pytest
 from bench.transitions import Motion, no_cut_motion, render_scene, write_dissolve
 from data_curation.cuts import CutDetectorConfig, Transition, detect_transitions, split_clips
 from data_curation.decode import decode_video
-from data_curation.dissolves import MAX_DISSOLVE_FRAMES, ramp_fit
 
 FPS = 25.0
 
@@ -44,7 +43,7 @@ def test_exact_blends_are_dissolves_within_three_frames(seconds: float) -> None:
     found = detect_transitions(video, FPS)
     assert len(found) == 1 and found[0].kind == "dissolve", (found, first, last)
     assert abs(found[0].start - first) <= 3 and abs(found[0].end - last) <= 3, (found, first, last)
-    assert found[0].end - found[0].start < MAX_DISSOLVE_FRAMES
+    assert found[0].end - found[0].start < 128  # the overlap of the windows the pipeline streams
     # the clips either side exclude every blended frame
     spans = split_clips(len(video), found, FPS, 0.5, None)
     assert len(spans) == 2 and spans[0].end < found[0].start and spans[1].start > found[0].end + 1
@@ -85,6 +84,8 @@ def test_lighting_ramps_pans_and_fast_motion_are_not_dissolves(kind: str) -> Non
 
 
 def test_ramp_fit_and_dissolve_config_validation() -> None:
+    from data_curation.dissolves import ramp_fit
+
     weights = np.clip((np.arange(30) - 8) / 12, 0, 1)
     assert ramp_fit(weights, 2)[:2] == (8, 20)
     for bad in (dict(dissolve_size=2), dict(min_dissolve_seconds=0.0), dict(min_dissolve_seconds=3.0),
