@@ -12,12 +12,12 @@ on and once off, in the same process.
 
 Reported: dissolves found (a ``"dissolve"`` transition with start and end within ``--tolerance``
 frames of the first / last blended frame), the span errors (start, end, frames), transitions
-detected on the no-cut videos per 10 minutes of video, and the seconds of ``detect_transitions``
+detected on the no-cut videos per 10 minutes of video (all kinds, and dissolves alone), and the seconds of ``detect_transitions``
 per video with dissolves on and off (the fastest of ``--repeats``; their ratio). Results JSON in
 ``bench/results/transitions-cpu.json``.
 
     python -m bench.transitions                 # 36 dissolves, ~11 min of no-cut video
-    python -m bench.transitions --quick         # 4 dissolves, 40 s of no-cut video
+    python -m bench.transitions --quick         # 4 dissolves, 42 s of no-cut video (a smoke run)
 """
 
 from __future__ import annotations
@@ -312,10 +312,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=11, help="the thresholds were tuned on videos of seed 7")
     p.add_argument("--quick", action="store_true", help="4 dissolves, 7 no-cut videos of 6 s, 1 repeat")
-    p.add_argument("--out", type=Path, default=RESULTS / "transitions-cpu.json")
+    p.add_argument("--out", type=Path, default=None, help="default: bench/results/transitions-cpu[-quick].json")
     args = p.parse_args(argv)
     if args.quick:
         args.dissolves, args.no_cut_minutes, args.clip_seconds, args.repeats = 4, 0.7, 6.0, 1
+    if args.out is None:
+        args.out = RESULTS / ("transitions-cpu-quick.json" if args.quick else "transitions-cpu.json")
     cv2.setNumThreads(1)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
