@@ -1,4 +1,4 @@
-"""Cascaded shot-boundary detection (hard cuts and fades) and splitting videos into clips.
+"""Cascaded shot-boundary detection (hard cuts, fades and cross-dissolves) and splitting videos into clips.
 
 The SVD paper (Blattmann et al. 2023, Sec. 3.1) found that a single cut detector at
 a low frame rate misses cuts and fades, and cascaded detectors at several frame rates. This is a
@@ -20,10 +20,16 @@ two-pass cascade of our own design:
   it, is one ``"fade"`` transition; so is a luminance valley without a black frame (a fade-out
   straight into a fade-in) when it has ramps of ``min_ramp_frames`` on both sides and its bottom
   is at most ``dip_ratio`` of the luminance around. Cuts inside or next to a fade are dropped.
+* **dissolves** (:mod:`data_curation.dissolves`): candidates from sample triples as far apart as
+  a dissolve is long whose ends differ more than the scenes change by themselves and whose
+  middle is a blend of them, validated at the full frame rate (a straight blend-weight ramp, the
+  loss of fine detail a blend has and motion has not); one ``"dissolve"`` transition spans its
+  blended frames. Dissolves touching a fade are dropped; cuts touching a dissolve are part of it.
 
 Thresholds were tuned on synthetic data (:mod:`data_curation.synthetic`, ``vldm.data.toy``) and
 checked against pans, fast motion and flicker made in the tests; they are per-frame quantities,
-so the same values serve 8 fps toys and 24-30 fps footage.
+so the same values serve 8 fps toys and 24-30 fps footage. The dissolve thresholds were tuned on
+the textured, moving scenes of :mod:`bench.transitions` (its seeds 5 and 7), which also measures them.
 
 A :class:`Transition` is the inclusive frame range ``[start, end]`` that belongs to no scene. A
 **hard cut** between frames ``c - 1`` and ``c`` (``c`` = first frame of the new scene, the toy
@@ -39,6 +45,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from data_curation import dissolves
 from data_curation.records import ClipSpan
 
 TRANSITION_KINDS: tuple[str, ...] = ("cut", "fade", "dissolve")
@@ -67,6 +74,14 @@ class CutDetectorConfig:
     change of mean luma per frame (and ``ramp_min_relative`` of its value) that continues a fade's
     ramp; ``max_ramp_frames`` caps each ramp. A luma valley with no black frame is a fade when
     both ramps have ``min_ramp_frames`` and its bottom is <= ``dip_ratio`` x the luma around it.
+    ``detect_dissolves``: look for cross-dissolves of ``min_dissolve_seconds`` to
+    ``max_dissolve_seconds`` (at most :data:`data_curation.dissolves.MAX_DISSOLVE_FRAMES` frames),
+    comparing thumbnails of ``dissolve_size`` px; a candidate's ends differ by at least
+    ``dissolve_end_change`` (1 - correlation) and ``dissolve_context_ratio`` x the change beside
+    it, a validated one by ``dissolve_end_context`` x its scenes' own change over its length;
+    blend weights >= ``dissolve_min_weight``, relative blend fit >= ``dissolve_min_fit``, RMS of
+    the weights about a straight ramp <= ``dissolve_max_ramp_error``, detail kept <=
+    ``dissolve_max_energy_ratio`` x a blend's (:mod:`data_curation.dissolves`).
     """
 
     detector: str = "cascade"
@@ -92,6 +107,17 @@ class CutDetectorConfig:
     max_ramp_frames: int = 48
     min_ramp_frames: int = 2
     dip_ratio: float = 0.35
+    detect_dissolves: bool = True
+    dissolve_size: int = 8
+    min_dissolve_seconds: float = 0.2
+    max_dissolve_seconds: float = 2.0
+    dissolve_end_change: float = 0.8
+    dissolve_context_ratio: float = 1.5
+    dissolve_end_context: float = 1.5
+    dissolve_min_weight: float = 0.2
+    dissolve_min_fit: float = 0.5
+    dissolve_max_ramp_error: float = 0.15
+    dissolve_max_energy_ratio: float = 1.25
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -122,6 +148,32 @@ class CutDetectorConfig:
             raise ValueError("ramp_min_step, ramp_min_relative, max_ramp_frames and min_ramp_frames must be >= 0")
         if not 0 < self.dip_ratio < 1:
             raise ValueError(f"dip_ratio must be in (0, 1), got {self.dip_ratio}")
+        self._check_dissolves()
+
+    def _check_dissolves(self) -> None:
+        if self.dissolve_size < 4:
+            raise ValueError(f"dissolve_size must be >= 4, got {self.dissolve_size}")
+        if not 0 < self.min_dissolve_seconds <= self.max_dissolve_seconds:
+            raise ValueError(
+                f"need 0 < min_dissolve_seconds <= max_dissolve_seconds, got {self.min_dissolve_seconds}, "
+                f"{self.max_dissolve_seconds}"
+            )
+        if not 0 < self.dissolve_end_change <= 2:
+            raise ValueError(f"dissolve_end_change must be in (0, 2], got {self.dissolve_end_change}")
+        if self.dissolve_context_ratio < 1 or self.dissolve_end_context < 1:
+            raise ValueError(
+                f"dissolve_context_ratio and dissolve_end_context must be >= 1, got {self.dissolve_context_ratio}, "
+                f"{self.dissolve_end_context}"
+            )
+        if not 0 <= self.dissolve_min_weight < 0.5:
+            raise ValueError(f"dissolve_min_weight must be in [0, 0.5), got {self.dissolve_min_weight}")
+        if self.dissolve_max_energy_ratio < 1:
+            raise ValueError(f"dissolve_max_energy_ratio must be >= 1, got {self.dissolve_max_energy_ratio}")
+        if not 0 < self.dissolve_min_fit <= 1 or not 0 < self.dissolve_max_ramp_error < 1:
+            raise ValueError(
+                f"dissolve_min_fit must be in (0, 1] and dissolve_max_ramp_error in (0, 1), got "
+                f"{self.dissolve_min_fit}, {self.dissolve_max_ramp_error}"
+            )
 
 
 @dataclass(frozen=True)
@@ -343,9 +395,10 @@ def _confirm_cut(fr: _Frames, lo: int, hi: int) -> Transition | None:
 
 
 def detect_transitions(frames: np.ndarray, fps: float, cfg: CutDetectorConfig = CutDetectorConfig()) -> list[Transition]:
-    """Hard cuts and fades of ``frames`` (uint8 ``(T, H, W, 3)``), sorted by start (module doc).
+    """Hard cuts, fades and dissolves of ``frames`` (uint8 ``(T, H, W, 3)``), sorted by start (module doc).
 
-    ``fps`` scales nothing yet (thresholds are per frame) but is part of the stage interface.
+    Cut and fade thresholds are per frame; ``fps`` turns the dissolve lengths (seconds) into
+    frames, and must be > 0 when ``detect_dissolves`` is on.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -378,8 +431,9 @@ def detect_transitions(frames: np.ndarray, fps: float, cfg: CutDetectorConfig = 
         for a, b in scan:
             seeds |= _seeds(fr, a, b)
         fades = _fades(fr, seeds)
-    # a cut touching a fade is part of it (e.g. the jump into a black frame)
-    cuts = [c for c in cuts if not any(f.start - 1 <= c.end and c.start <= f.end + 1 for f in fades)]
+    spans = fades + (_dissolves(fr, fps, fades) if cfg.detect_dissolves else [])
+    # a cut touching a fade or dissolve is part of it (e.g. the jump into a black frame)
+    cuts = [c for c in cuts if not any(f.start - 1 <= c.end and c.start <= f.end + 1 for f in spans)]
     kept: list[Transition] = []
     for cut in sorted(cuts, key=lambda c: c.start):
         if kept and cut.end - kept[-1].end < cfg.min_scene_frames:
@@ -387,7 +441,16 @@ def detect_transitions(frames: np.ndarray, fps: float, cfg: CutDetectorConfig = 
                 kept[-1] = cut
             continue
         kept.append(cut)
-    return sorted(kept + fades, key=lambda t: (t.start, t.end))
+    return sorted(kept + spans, key=lambda t: (t.start, t.end))
+
+
+def _dissolves(fr: _Frames, fps: float, fades: list[Transition]) -> list[Transition]:
+    """Cross-dissolves (:mod:`data_curation.dissolves`) that overlap no fade."""
+    if not fps > 0:
+        raise ValueError(f"dissolve detection needs fps > 0, got {fps}")
+    found = dissolves.detect_dissolves(fr, fr.cfg, fps)
+    return [Transition(a, b, "dissolve", score) for a, b, score in found
+            if not any(f.start - 1 <= b and a <= f.end + 1 for f in fades)]
 
 
 def split_clips_frames(
