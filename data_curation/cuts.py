@@ -68,7 +68,9 @@ class CutDetectorConfig:
     ``candidate_threshold`` / ``cut_threshold``: changed fractions that make a pass-1 window a
     candidate / a pass-2 peak a cut, when the peak is also ``min_peak_ratio`` x the median of the
     ``context_frames`` pairs either side (that median floored at ``ratio_floor``).
-    ``min_scene_frames``: of two cuts closer than this, the weaker goes.
+    ``min_scene_frames``: of two cuts closer than this, the weaker goes. ``relight_correlation``: a
+    peak whose two frames' high-passed luma still correlates this much (pan compensated) is a
+    lighting change (a flash, auto exposure), not a cut (None: no such check).
     ``dark_level`` / ``bright_level``: a frame is black when 99.5% of its pixels are at most
     ``dark_level``, white when 99.5% are at least ``bright_level``. ``ramp_min_step``: the least
     change of mean luma per frame (and ``ramp_min_relative`` of its value) that continues a fade's
@@ -99,6 +101,7 @@ class CutDetectorConfig:
     ratio_floor: float = 0.02
     context_frames: int = 4
     min_scene_frames: int = 4
+    relight_correlation: float | None = 0.7
     detect_fades: bool = True
     dark_level: float = 24.0
     bright_level: float = 235.0
@@ -146,6 +149,8 @@ class CutDetectorConfig:
             raise ValueError(f"need 0 <= dark_level < bright_level <= 255, got {self.dark_level}, {self.bright_level}")
         if min(self.ramp_min_step, self.ramp_min_relative, self.max_ramp_frames, self.min_ramp_frames) < 0:
             raise ValueError("ramp_min_step, ramp_min_relative, max_ramp_frames and min_ramp_frames must be >= 0")
+        if self.relight_correlation is not None and not 0 < self.relight_correlation <= 1:
+            raise ValueError(f"relight_correlation must lie in (0, 1] or be None, got {self.relight_correlation}")
         if not 0 < self.dip_ratio < 1:
             raise ValueError(f"dip_ratio must be in (0, 1), got {self.dip_ratio}")
         self._check_dissolves()
@@ -293,6 +298,16 @@ class _Frames:
             self._pair[j] = changed_fraction(a, b, self.cfg.pixel_threshold, self.cfg.shift_tolerance, shift)
         return self._pair[j]
 
+    def structure_correlation(self, j: int) -> float:
+        """Best correlation of the high-passed luma of frames ``j - 1`` and ``j`` at the fine size over
+        shifts up to ``max_shift``: near 1 when only the lighting changed (a flash, a light switched
+        on, auto exposure: gain and offset keep every edge in place), near 0 across a cut."""
+        a, b = _high_pass(self.fine(j - 1)), _high_pass(self.fine(j))
+        h, w = a.shape
+        r = min(int(round(self.cfg.max_shift * min(h, w))), (h - 1) // 4, (w - 1) // 4)
+        score = cv2.matchTemplate(b, a[r : h - r, r : w - r], cv2.TM_CCOEFF_NORMED)
+        return float(np.nanmax(score)) if np.isfinite(score).any() else 0.0
+
     def luma(self, i: int) -> tuple[float, float, float]:
         """(0.5th percentile, mean, 99.5th percentile) of the luma of frame ``i`` at the cheap size."""
         if i not in self._luma:
@@ -304,6 +319,12 @@ class _Frames:
     def blank(self, i: int) -> bool:
         lo, _, hi = self.luma(i)
         return hi <= self.cfg.dark_level or lo >= self.cfg.bright_level
+
+
+def _high_pass(frame: np.ndarray) -> np.ndarray:
+    """Luma minus its blur (sigma 2 px): edges and texture without brightness."""
+    y = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return y - cv2.GaussianBlur(y, (0, 0), 2.0)
 
 
 def _grid(num_frames: int, step: int) -> list[int]:
@@ -391,6 +412,8 @@ def _confirm_cut(fr: _Frames, lo: int, hi: int) -> Transition | None:
     background = float(np.median(around)) if around else 0.0
     if peak < cfg.min_peak_ratio * max(background, cfg.ratio_floor):
         return None
+    if cfg.relight_correlation is not None and fr.structure_correlation(peak_j) >= cfg.relight_correlation:
+        return None  # the same edges in the same places: the lighting changed, not the shot
     return Transition(peak_j - 1, peak_j, "cut", peak)
 
 

@@ -198,3 +198,19 @@ def test_split_clips_invariants_on_random_transitions() -> None:
             assert hi is None or span.num_frames <= hi
             for t in transitions:  # no transition frame, nor one within the margin, is in a clip
                 assert span.end <= t.start - margin or span.start > t.end + margin
+
+
+def test_brightness_steps_are_not_cuts() -> None:
+    """A textured, panning scene whose gain jumps by +-8% every 3 frames (flicker, auto exposure) has
+    no cut; the same scene cut into another still has its cut."""
+    from bench.transitions import Motion, no_cut_motion, render_scene
+
+    def analysis(video: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.resize(f, (228, 128), interpolation=cv2.INTER_AREA) for f in video])
+
+    frames = analysis(render_scene(101, 60, 320, 180, no_cut_motion("flicker", np.random.default_rng(1))))
+    assert detect_transitions(frames, 25.0) == []
+    unchecked = detect_transitions(frames, 25.0, CutDetectorConfig(relight_correlation=None))
+    assert [t.boundary for t in unchecked] == [6, 18, 30, 42, 54]  # every gain step: what the check removes
+    cut = np.concatenate([frames[:40], analysis(render_scene(4, 40, 320, 180, Motion(pan=(1.0, 0.5))))])
+    assert [(t.boundary, t.kind) for t in detect_transitions(cut, 25.0)] == [(40, "cut")]
