@@ -50,6 +50,7 @@ from data_curation.records import ClipSpan
 
 TRANSITION_KINDS: tuple[str, ...] = ("cut", "fade", "dissolve")
 DETECTORS: tuple[str, ...] = ("cascade", "transnetv2", "both")
+MAX_RELIGHT_GAIN: float = 3.0  # the largest one-frame change of exposure taken for lighting, not a cut
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,9 @@ class CutDetectorConfig:
     candidate / a pass-2 peak a cut, when the peak is also ``min_peak_ratio`` x the median of the
     ``context_frames`` pairs either side (that median floored at ``ratio_floor``).
     ``min_scene_frames``: of two cuts closer than this, the weaker goes. ``relight_correlation``: a
-    peak whose two frames' high-passed luma still correlates this much (pan compensated) is a
-    lighting change (a flash, auto exposure), not a cut (None: no such check).
+    peak whose two frames' high-passed luma still correlates this much (over small shifts) and whose
+    colours one gain and offset for all channels maps within ``candidate_threshold`` is a lighting
+    change (a flash, flicker, auto exposure), not a cut (None: no such check).
     ``dark_level`` / ``bright_level``: a frame is black when 99.5% of its pixels are at most
     ``dark_level``, white when 99.5% are at least ``bright_level``. ``ramp_min_step``: the least
     change of mean luma per frame (and ``ramp_min_relative`` of its value) that continues a fade's
@@ -308,6 +310,21 @@ class _Frames:
         score = cv2.matchTemplate(b, a[r : h - r, r : w - r], cv2.TM_CCOEFF_NORMED)
         return float(np.nanmax(score)) if np.isfinite(score).any() else 0.0
 
+    def relit_change(self, j: int) -> float:
+        """:meth:`pair` after the best single gain and offset (the same for every channel) maps frame
+        ``j - 1`` onto frame ``j``: small for a change of exposure, large for new colours (1.0 when
+        that gain is beyond :data:`MAX_RELIGHT_GAIN` either way)."""
+        a, b = self.fine(j - 1).astype(np.float32), self.fine(j).astype(np.float32)
+        x, y = a.ravel() - a.mean(), b.ravel() - b.mean()
+        gain = float(x @ y) / max(float(x @ x), 1e-6)
+        if not MAX_RELIGHT_GAIN ** -1 <= gain <= MAX_RELIGHT_GAIN:
+            return 1.0  # a tenfold dimming in one frame is a cut to a dark shot, not the lighting
+        relit = np.clip((a - a.mean()) * gain + b.mean(), 0, 255).astype(np.uint8)
+        dy, dx = self.shift(j - 1, j)
+        scale = a.shape[0] / self.cheap(j).shape[0]
+        shift = (int(round(dy * scale)), int(round(dx * scale)))
+        return changed_fraction(relit, self.fine(j), self.cfg.pixel_threshold, self.cfg.shift_tolerance, shift)
+
     def luma(self, i: int) -> tuple[float, float, float]:
         """(0.5th percentile, mean, 99.5th percentile) of the luma of frame ``i`` at the cheap size."""
         if i not in self._luma:
@@ -412,8 +429,9 @@ def _confirm_cut(fr: _Frames, lo: int, hi: int) -> Transition | None:
     background = float(np.median(around)) if around else 0.0
     if peak < cfg.min_peak_ratio * max(background, cfg.ratio_floor):
         return None
-    if cfg.relight_correlation is not None and fr.structure_correlation(peak_j) >= cfg.relight_correlation:
-        return None  # the same edges in the same places: the lighting changed, not the shot
+    if cfg.relight_correlation is not None and fr.structure_correlation(peak_j) >= cfg.relight_correlation \
+            and fr.relit_change(peak_j) < cfg.candidate_threshold:
+        return None  # the same edges in the same places, the colours one gain away: the lighting changed
     return Transition(peak_j - 1, peak_j, "cut", peak)
 
 

@@ -214,3 +214,8 @@ def test_brightness_steps_are_not_cuts() -> None:
     assert [t.boundary for t in unchecked] == [6, 18, 30, 42, 54]  # every gain step: what the check removes
     cut = np.concatenate([frames[:40], analysis(render_scene(4, 40, 320, 180, Motion(pan=(1.0, 0.5))))])
     assert [(t.boundary, t.kind) for t in detect_transitions(cut, 25.0)] == [(40, "cut")]
+    # the same layout in new colours, or four times darker, is a new shot, not a change of exposure
+    teal = np.concatenate([frames[:40], frames[40:] * np.array([0.2, 1.0, 0.4]) + np.array([0, 40, 0])])
+    dark = np.concatenate([frames[:40], frames[40:] // 4])
+    for video in (teal, dark):
+        assert [t.boundary for t in detect_transitions(video.astype(np.uint8), 25.0) if t.kind == "cut"] == [40]
