@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from bench.text_sizes import font_path, noise_texture
 from data_curation.records import Clip, ClipSpan, StillsRequest
 from data_curation.scorers.text import TextScorer
 
-FONT = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+FONT = font_path()
 SOURCE = (640, 360)  # width, height of the "source" the stills and analysis frames are cut from
 FPS, NUM_FRAMES, STEP = 24, 25, 12  # stills every 0.5 s: clip frames 0, 12, 24
 STILLS_SHORT_SIDE = 224  # the scorer's default stills size (bench.text_sizes chose it)
@@ -30,14 +30,7 @@ def scorer() -> TextScorer:
 
 def texture(seed: int, width: int, height: int) -> np.ndarray:
     """uint8 RGB multi-octave value noise (no flat colour: the detector sees a busy background)."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros((height, width, 3), np.float32)
-    for octave in range(7):
-        cell = max(2.0, height * 0.4 / 2**octave)
-        grid = rng.random((int(height / cell) + 2, int(width / cell) + 2, 3)).astype(np.float32)
-        out += 0.8**octave * cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-    out -= out.min()
-    return (out / out.max() * 255).astype(np.uint8)
+    return noise_texture(np.random.default_rng(seed), height, width)
 
 
 def burn(frame: np.ndarray, text: str, glyph_pct: float, where: str) -> np.ndarray:
