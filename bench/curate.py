@@ -145,9 +145,9 @@ def measure_video(path: Path, source: str, settings: dict[str, Any], state: Any,
     (the decode stage, stills included), then replayed through the windowed analysis (cuts) and the
     scorers, so each stage is timed alone on the same frames.
     """
-    import math
 
-    from data_curation.analysis import Analysis, ClipCutter, analyse_stream
+    from data_curation.analysis import Analysis, analyse_stream
+    from data_curation.clip_spans import ClipCutter, clip_frame_limits
     from data_curation.decode import decode_span
     from data_curation.frame_stream import stream_frames
     from data_curation.probe import probe_video
@@ -165,8 +165,7 @@ def measure_video(path: Path, source: str, settings: dict[str, Any], state: Any,
         timeout_s=None, num_threads=threads)))
     clips_cfg = settings["clips"]
     t = time.perf_counter()
-    cutter = ClipCutter(max(1, math.ceil(clips_cfg["min_seconds"] * fps - 1e-9)),
-                        None if clips_cfg["max_seconds"] is None else math.floor(clips_cfg["max_seconds"] * fps + 1e-9),
+    cutter = ClipCutter(*clip_frame_limits(fps, clips_cfg["min_seconds"], clips_cfg["max_seconds"]),
                         clips_cfg["margin_frames"])
     found = Analysis([])
     pieces = list(analyse_stream(batches, detect, cutter, result=found))

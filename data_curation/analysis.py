@@ -4,12 +4,12 @@ Memory stays bounded however long the video is: frames arrive in batches
 (:func:`data_curation.frame_stream.stream_frames`), transitions are searched on windows of
 ``window_frames`` frames that overlap by ``overlap_frames`` (a window owns the transitions that
 start in its middle part, at least ``overlap_frames / 2`` from either edge, so every transition
-shorter than that is seen whole with context on both sides), and :class:`ClipCutter` hands out
+shorter than that is seen whole with context on both sides), and :class:`~data_curation.clip_spans.ClipCutter` hands out
 each clip span as soon as no later transition can touch it. Frames older than both the current
 window and the oldest unfinished clip are dropped, so at most about ``window_frames +
 max_frames`` frames are held (``clips.max_seconds: null`` holds a whole scene).
 
-The spans are exactly those :func:`data_curation.cuts.split_clips_frames` gives for the same
+The spans are exactly those :func:`data_curation.clip_spans.split_clips_frames` gives for the same
 transitions; on a video shorter than one window the transitions are exactly
 :func:`data_curation.cuts.detect_transitions`' on the whole video.
 """
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_curation.clip_spans import ClipCutter
 from data_curation.cuts import Transition
 from data_curation.frame_stream import FrameBatch
 from data_curation.records import ClipSpan
@@ -30,54 +31,6 @@ WINDOW_FRAMES = 1024
 OVERLAP_FRAMES = 256
 
 Detect = Callable[[np.ndarray], list[Transition]]
-
-
-class ClipCutter:
-    """Clip spans from transitions given in order of start, emitted as soon as they are final.
-
-    Same spans as :func:`~data_curation.cuts.split_clips_frames`: scenes between transitions minus
-    ``margin`` frames either side, cut into consecutive ``max_frames`` clips (None: no limit), pieces
-    shorter than ``min_frames`` dropped.
-    """
-
-    def __init__(self, min_frames: int, max_frames: int | None, margin: int) -> None:
-        if min_frames < 1 or margin < 0 or (max_frames is not None and max_frames < min_frames):
-            raise ValueError(f"need min_frames >= 1, margin >= 0, max_frames >= min_frames; "
-                             f"got {min_frames}, {max_frames}, {margin}")
-        self.min_frames, self.max_frames, self.margin = min_frames, max_frames, margin
-        self.scene_start = 0  # first frame not yet in a clip or excluded
-
-    def _close(self, end: int) -> list[ClipSpan]:
-        spans, start = [], self.scene_start
-        if self.max_frames is not None:
-            while end - start >= self.max_frames:
-                spans.append(ClipSpan(start, start + self.max_frames))
-                start += self.max_frames
-        if end - start >= self.min_frames:
-            spans.append(ClipSpan(start, end))
-        return spans
-
-    def transition(self, t: Transition) -> list[ClipSpan]:
-        """The clips of the scene that ``t`` ends."""
-        spans = self._close(t.start - self.margin) if t.start - self.margin > self.scene_start else []
-        self.scene_start = max(self.scene_start, t.end + self.margin + 1)
-        return spans
-
-    def advance(self, frontier: int) -> list[ClipSpan]:
-        """Full-length clips that no transition starting at or after ``frontier`` can reach."""
-        spans: list[ClipSpan] = []
-        if self.max_frames is None:
-            return spans
-        while self.scene_start + self.max_frames <= frontier - self.margin:
-            spans.append(ClipSpan(self.scene_start, self.scene_start + self.max_frames))
-            self.scene_start += self.max_frames
-        return spans
-
-    def finish(self, num_frames: int) -> list[ClipSpan]:
-        """The last scene's clips (the video's end has no margin)."""
-        spans = self._close(num_frames) if num_frames > self.scene_start else []
-        self.scene_start = max(self.scene_start, num_frames)
-        return spans
 
 
 class FrameBuffer:

@@ -1,4 +1,4 @@
-"""Cascaded shot-boundary detection (hard cuts, fades and cross-dissolves) and splitting videos into clips.
+"""Cascaded shot-boundary detection: hard cuts, fades and cross-dissolves.
 
 The SVD paper (Blattmann et al. 2023, Sec. 3.1) found that a single cut detector at
 a low frame rate misses cuts and fades, and cascaded detectors at several frame rates. This is a
@@ -39,14 +39,12 @@ truth's ``cut_frame``) is ``Transition(c - 1, c, "cut")``: the two frames either
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from data_curation import dissolves
-from data_curation.records import ClipSpan
 
 TRANSITION_KINDS: tuple[str, ...] = ("cut", "fade", "dissolve")
 DETECTORS: tuple[str, ...] = ("cascade", "transnetv2", "both")
@@ -492,64 +490,3 @@ def _dissolves(fr: _Frames, fps: float, fades: list[Transition]) -> list[Transit
     found = dissolves.detect_dissolves(fr, fr.cfg, fps)
     return [Transition(a, b, "dissolve", score) for a, b, score in found
             if not any(f.start - 1 <= b and a <= f.end + 1 for f in fades)]
-
-
-def split_clips_frames(
-    num_frames: int, transitions: list[Transition], min_frames: int, max_frames: int | None, margin_frames: int = 1
-) -> list[ClipSpan]:
-    """Scenes between transitions as clip spans, with lengths in frames.
-
-    Every transition frame, and ``margin_frames`` more on each side of a transition, is excluded
-    (video edges get no margin). Scenes shorter than ``min_frames`` are dropped; longer than
-    ``max_frames`` (None: no limit) are cut into consecutive ``max_frames`` clips, a remainder
-    shorter than ``min_frames`` dropped. Spans are sorted, disjoint and inside ``[0, num_frames)``.
-    """
-    if num_frames < 0 or min_frames < 1 or margin_frames < 0:
-        raise ValueError(
-            f"need num_frames >= 0, min_frames >= 1, margin_frames >= 0; got {num_frames}, {min_frames}, {margin_frames}"
-        )
-    if max_frames is not None and max_frames < min_frames:
-        raise ValueError(f"max_frames ({max_frames}) must be >= min_frames ({min_frames})")
-    free = np.ones(num_frames, bool)
-    for t in transitions:
-        free[max(0, t.start - margin_frames) : max(0, t.end + margin_frames + 1)] = False
-    spans: list[ClipSpan] = []
-    i = 0
-    while i < num_frames:
-        if not free[i]:
-            i += 1
-            continue
-        j = i
-        while j < num_frames and free[j]:
-            j += 1
-        start = i
-        if max_frames is not None:
-            while j - start >= max_frames:
-                spans.append(ClipSpan(start, start + max_frames))
-                start += max_frames
-        if j - start >= min_frames:
-            spans.append(ClipSpan(start, j))
-        i = j
-    return spans
-
-
-def split_clips(
-    num_frames: int,
-    transitions: list[Transition],
-    fps: float,
-    min_seconds: float,
-    max_seconds: float | None,
-    margin_frames: int = 1,
-) -> list[ClipSpan]:
-    """:func:`split_clips_frames` with lengths in seconds.
-
-    ``min_frames = ceil(min_seconds * fps)`` (at least 1), ``max_frames = floor(max_seconds * fps)``
-    (``max_seconds=None``: no limit).
-    """
-    if not fps > 0 or min_seconds < 0:
-        raise ValueError(f"need fps > 0 and min_seconds >= 0, got {fps}, {min_seconds}")
-    min_frames = max(1, math.ceil(min_seconds * fps - 1e-9))
-    max_frames = None if max_seconds is None else math.floor(max_seconds * fps + 1e-9)
-    if max_frames is not None and max_frames < min_frames:
-        raise ValueError(f"max_seconds={max_seconds} is shorter than min_seconds={min_seconds} at {fps} fps")
-    return split_clips_frames(num_frames, transitions, min_frames, max_frames, margin_frames)

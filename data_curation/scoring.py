@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -182,7 +181,8 @@ def _score_clip(clip: Clip, scorers: list[Any]) -> dict[str, Any]:
 
 def _curate_one(inp: InputFile, settings: dict[str, Any], state: WorkerState,
                 video: dict[str, Any], clips: list[dict[str, Any]], thumbs: dict[str, bytes]) -> None:
-    from data_curation.analysis import Analysis, ClipCutter, analyse_stream
+    from data_curation.analysis import Analysis, analyse_stream
+    from data_curation.clip_spans import ClipCutter, clip_frame_limits
     from data_curation.frame_stream import call_with_timeout, stream_frames
     from data_curation.probe import prefilter, probe_video
 
@@ -199,8 +199,7 @@ def _curate_one(inp: InputFile, settings: dict[str, Any], state: WorkerState,
         raise CurationError("decode_error", f"'{inp.path}': the container gives no frame rate")
     clip_cfg = settings.get("clips") or {}
     min_s, max_s = clip_cfg.get("min_seconds", 0.0), clip_cfg.get("max_seconds", None)
-    cutter = ClipCutter(max(1, math.ceil(min_s * fps - 1e-9)),
-                        None if max_s is None else math.floor(max_s * fps + 1e-9), clip_cfg.get("margin_frames", 0))
+    cutter = ClipCutter(*clip_frame_limits(fps, min_s, max_s), clip_cfg.get("margin_frames", 0))
     batches = stream_frames(inp.path, settings["analysis_short_side"], fps, stills=stills_request(state.scorers),
                             expected_frames=info.num_frames, timeout_s=timeout)
     found = Analysis([])

@@ -12,9 +12,8 @@ from data_curation.cuts import (
     changed_fraction,
     detect_transitions,
     global_shift,
-    split_clips,
-    split_clips_frames,
 )
+from data_curation.clip_spans import split_clips, split_clips_frames
 from data_curation.decode import decode_video
 from data_curation.records import ClipSpan
 from data_curation.synthetic import RawToyConfig, load_truth, write_raw_toy_videos

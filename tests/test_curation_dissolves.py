@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bench.transitions import Motion, no_cut_motion, render_scene, write_dissolve
-from data_curation.cuts import CutDetectorConfig, Transition, detect_transitions, split_clips
+from data_curation.clip_spans import split_clips
+from data_curation.cuts import CutDetectorConfig, Transition, detect_transitions
 from data_curation.decode import decode_video
 
 FPS = 25.0

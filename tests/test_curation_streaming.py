@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_curation.analysis import OVERLAP_FRAMES, WINDOW_FRAMES, Analysis, ClipCutter, analyse_stream, merge_overlapping
-from data_curation.cuts import Transition, detect_transitions, split_clips_frames
+from data_curation.analysis import OVERLAP_FRAMES, WINDOW_FRAMES, Analysis, analyse_stream, merge_overlapping
+from data_curation.clip_spans import ClipCutter, split_clips_frames
+from data_curation.cuts import Transition, detect_transitions
 from data_curation.decode import decode_span, decode_video, iter_span
 from data_curation.frame_stream import FrameBatch, stills_step, stream_frames
 from data_curation.records import StillsRequest
