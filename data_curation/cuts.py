@@ -267,6 +267,7 @@ class _Frames:
         self._fine: dict[int, np.ndarray] = {}
         self._luma: dict[int, tuple[float, float, float]] = {}
         self._pair: dict[int, float] = {}
+        self._fine_shift: dict[int, tuple[int, int]] = {}
 
     def cheap(self, i: int) -> np.ndarray:
         if i not in self._cheap:
@@ -288,14 +289,19 @@ class _Frames:
         cfg = self.cfg
         return changed_fraction(self.cheap(i), self.cheap(j), cfg.pixel_threshold, cfg.shift_tolerance, self.shift(i, j))
 
+    def fine_shift(self, j: int) -> tuple[int, int]:
+        """Global motion from frame ``j - 1`` to ``j``, found at the cheap size, in px of the fine size."""
+        if j not in self._fine_shift:
+            dy, dx = self.shift(j - 1, j)
+            scale = self.fine(j).shape[0] / self.cheap(j).shape[0]
+            self._fine_shift[j] = (int(round(dy * scale)), int(round(dx * scale)))
+        return self._fine_shift[j]
+
     def pair(self, j: int) -> float:
         """Changed fraction between frames ``j - 1`` and ``j`` at the fine size, pan compensated."""
         if j not in self._pair:
-            a, b = self.fine(j - 1), self.fine(j)
-            dy, dx = self.shift(j - 1, j)
-            scale = a.shape[0] / self.cheap(j).shape[0]
-            shift = (int(round(dy * scale)), int(round(dx * scale)))
-            self._pair[j] = changed_fraction(a, b, self.cfg.pixel_threshold, self.cfg.shift_tolerance, shift)
+            self._pair[j] = changed_fraction(self.fine(j - 1), self.fine(j), self.cfg.pixel_threshold,
+                                             self.cfg.shift_tolerance, self.fine_shift(j))
         return self._pair[j]
 
     def structure_correlation(self, j: int) -> float:
@@ -318,10 +324,8 @@ class _Frames:
         if not MAX_RELIGHT_GAIN ** -1 <= gain <= MAX_RELIGHT_GAIN:
             return 1.0  # a tenfold dimming in one frame is a cut to a dark shot, not the lighting
         relit = np.clip((a - a.mean()) * gain + b.mean(), 0, 255).astype(np.uint8)
-        dy, dx = self.shift(j - 1, j)
-        scale = a.shape[0] / self.cheap(j).shape[0]
-        shift = (int(round(dy * scale)), int(round(dx * scale)))
-        return changed_fraction(relit, self.fine(j), self.cfg.pixel_threshold, self.cfg.shift_tolerance, shift)
+        return changed_fraction(relit, self.fine(j), self.cfg.pixel_threshold, self.cfg.shift_tolerance,
+                                self.fine_shift(j))
 
     def luma(self, i: int) -> tuple[float, float, float]:
         """(0.5th percentile, mean, 99.5th percentile) of the luma of frame ``i`` at the cheap size."""
