@@ -227,7 +227,7 @@ def assert_svd_t2v_model(cfg) -> None:
     assert text.embedder._target_.endswith("OpenCLIPTextEmbedder") and text.ucg_rate == pytest.approx(0.1)
     assert (text.embedder.arch, text.embedder.layer) == ("ViT-H-14", "penultimate")
     assert [e.embedder.outdim for e in conditioner.embedders[1:]] == [256, 256]
-    assert "cond_frame_encoder" not in model and model.diffusion.uncond_text == "empty"
+    assert "cond_frame_encoder" not in model and model.diffusion.uncond_text == "zero"
     sampler = model.diffusion.sampler
     assert sampler.min_guidance == sampler.max_guidance == pytest.approx(7.5)
 
@@ -265,26 +265,18 @@ def test_svd_t2v_finetune_resolves_to_the_576x1024_stage_from_the_stage_ii_run()
     assert other.stage.init_from == "/runs/t2v/video"
 
 
-def test_svd_t2v_presets_need_their_stage_i_file_text_tower_and_shards() -> None:
-    """Stage II refuses to start without the stage-I file or the OpenCLIP text tower (inflate does not
-    read the tower from the file, and a random one would not read captions as the UNet learnt them)."""
+def test_svd_t2v_presets_need_their_stage_i_file_and_shards() -> None:
+    """Stage II refuses to start without the stage-I file (it holds the UNet, autoencoder and text tower)."""
     cfg = compose_train(["experiment=svd_t2v_video_pretrain"])
     with pytest.raises(InterpolationToMissingValueError, match="paths.pretrained"):
         cfg.stage.init_from
-    with pytest.raises(InterpolationToMissingValueError, match="paths.openclip"):
-        cfg.model.clip.weights
-    with pytest.raises(InterpolationToMissingValueError, match="paths.openclip"):
-        cfg.model.diffusion.conditioner.embedders[0].embedder.weights
-    given = compose_train(["experiment=svd_t2v_video_pretrain", "paths.openclip=/m/open_clip_pytorch_model.bin"])
-    assert given.model.diffusion.conditioner.embedders[0].embedder.weights == "/m/open_clip_pytorch_model.bin"
     for preset in ("svd_t2v_video_pretrain", "svd_t2v_finetune"):
         with pytest.raises(MissingMandatoryValue, match="train_shards"):
             compose_train([f"experiment={preset}"]).data.train_shards
     from vldm.training.cluster import preflight
 
     problems, _ = preflight(compose_train(["experiment=svd_t2v_video_pretrain", "paths.root_dir=/nonexistent"]))
-    assert "model.clip.weights is not set (it is ${paths.openclip}): give paths.openclip=<value> (or " \
-           "model.clip.weights=<value>) on the command line" in problems
+    assert any("paths.pretrained" in p for p in problems), problems
 
 
 def unet_shapes(module) -> dict[str, tuple[int, ...]]:
@@ -335,21 +327,17 @@ def test_sd21_unet_fits_svd_t2v_at_full_size() -> None:
 def test_svd_t2v_video_pretrain_inflates_an_sd21_file_in_the_ldm_layout(tmp_path: Path) -> None:
     """At tiny size: the preset's model takes an SD 2.1 file (LDM layout) by inflate, strictly: every UNet
     weight copied unchanged (the input conv too: 4 channels), temporal layers and label_emb new (its
-    last layer zero), the autoencoder loaded, and the text
-    tower read from the OpenCLIP file given as model.clip.weights; a step on captioned clips trains label_emb."""
-    from tests.helpers.models import TINY_SD21, builder, ldm_file, randomize, save_state
-    from vldm.conditioning.open_clip_towers import build_clip
+    last layer zero), the autoencoder and the text tower (cond_stage_model.*) loaded from it; a step on
+    captioned clips trains label_emb."""
+    from tests.helpers.models import TINY_SD21, builder, ldm_file, randomize
     from vldm.nn.inflate import temporal_parameter_names
     from vldm.training.run import build_module
 
     image = randomize(builder(compose_train(TINY_SD21).model)()).eval()
     path = ldm_file(image, tmp_path / "v2-1_768-ema-pruned.safetensors")
-    clip_cfg = compose_train(TINY_SD21).model.clip.model_cfg
-    visual = {f"visual.{k}": v for k, v in build_clip(None, clip_cfg).visual.state_dict().items()}
     tower = image.conditioner.embedders[0].model.state_dict()
-    clip_file = save_state({**visual, **tower}, tmp_path / "open_clip_tiny.safetensors")
     tiny = [o for o in TINY_SD21 if o.startswith(("model.diffusion.network.", "model.diffusion.first_stage."))]
-    cfg = compose_train(["experiment=svd_t2v_video_pretrain", f"stage.init_from={path}", f"model.clip.weights={clip_file}",
+    cfg = compose_train(["experiment=svd_t2v_video_pretrain", f"paths.pretrained={path}",
                          TINY_SD21[-1], *tiny])  # TINY_SD21[-1]: model.clip.model_cfg, the tiny tower
     video = build_module(cfg, tmp_path / "run")
     ours, theirs = video.diffusion.state_dict(), image.state_dict()
