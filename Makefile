@@ -22,10 +22,10 @@ demo: $(STAMP)
 	$(BIN)/python -m vldm.jobs.toy_data --root $(DATA)
 	$(BIN)/python -m data_curation.synthetic --root $(RAW) --count 64 --seed 7 --size 32 --bad-files
 	$(BIN)/python -m data_curation input=$(RAW) output=$(CURATED) prefilter.min_short_side=32 clips.min_seconds=1 clips.max_seconds=1
-	$(BIN)/python train.py -m experiment=toy paths.data_dir=$(DATA) stage=autoencoder,image,video
-	$(BIN)/python train.py experiment=toy paths.data_dir=$(DATA) paths.curated_dir=$(CURATED) stage=hq data=curated_hq
-	$(BIN)/python sample.py checkpoint=$(RUN_ROOT)/hq image=$(DATA)/first_frames limit=4 output_dir=$(RUN_ROOT)/samples overwrite=true
-	$(BIN)/python -m vldm.jobs.toy_check --checkpoint $(RUN_ROOT)/hq --data $(DATA) --out $(RUN_ROOT)/toy_check.json
+	$(BIN)/python train.py -m experiment=toy paths.data_dir=$(DATA) stage=autoencoder,image,video,hq
+	$(BIN)/python train.py experiment=toy paths.data_dir=$(DATA) paths.curated_dir=$(CURATED) stage=i2v data=curated_hq
+	$(BIN)/python sample.py checkpoint=$(RUN_ROOT)/i2v image=$(DATA)/first_frames limit=4 output_dir=$(RUN_ROOT)/samples overwrite=true
+	$(BIN)/python -m vldm.jobs.toy_check --checkpoint $(RUN_ROOT)/i2v --data $(DATA) --out $(RUN_ROOT)/toy_check.json
 	$(BIN)/python -m vldm.jobs.demo_summary $(RUN_ROOT) --curated $(CURATED)
 
 test: $(STAMP)

@@ -28,7 +28,7 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_chain(tmp_path_factory: pytest.TempPathFactory, toy_root: Path) -> Iterator[Path]:
-    """The smoke run root (``runs/smoke``) of the four stages, 4 steps each, each from the one before,
+    """The smoke run root (``runs/smoke``) of the five stages, 4 steps each, each from the one before,
     trained once per test session. Shared and read-only: a test that changes a run works on a copy
     (``shutil.copytree``); teardown fails if any file of the chain was changed, added or removed."""
     run_root = train_smoke_chain(tmp_path_factory.mktemp("smoke_chain"), toy_root)

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from tests.helpers.configs import compose_train
 
-STAGES = ("autoencoder", "image", "video", "hq")
+STAGES = ("autoencoder", "image", "video", "hq", "i2v")
 
 
 def smoke(root: Path, toy: Path, stage: str, *extra: str) -> DictConfig:

@@ -1,4 +1,5 @@
-"""Fill a model from an earlier stage's weights: the same model (``full``) or an image model inflated into a video model.
+"""Fill a model from an earlier stage's weights: the same model (``full``), an image model inflated into a
+video model (``inflate``), or the text-to-video model widened into image-to-video (``i2v``).
 
 ``full``: the file holds this very model (hq from video, or stage I from SD 2.1); every key must
 match. A file in the LDM layout (``v2-1_768-ema-pruned``: ``cond_stage_model.*`` and DDPM schedule
@@ -7,6 +8,10 @@ buffers) is read through :mod:`vldm.checkpoints.ldm_layout`: its schedule is che
 inflated into this video UNet (:func:`vldm.nn.inflate.load_image_weights`), its autoencoder and
 latent scale are taken over strictly, and the conditioner keeps its own weights (image-to-video
 conditioning replaces the text conditioning of stage I).
+``i2v``: the file holds the text-to-video base model (Blattmann et al., 2023, Sec. 4): its UNet goes into
+this image-to-video UNet with the input conv and the vector embedding widened, new parts zero
+(:func:`vldm.nn.widen.load_widened`); its autoencoder and latent scale are taken over strictly; the
+conditioner is this model's own (the CLIP image token replaces the caption's context).
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import torch
 from vldm.io.safe_load import CheckpointError, describe_file, load_state_dict_file, load_strict
 from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.nn.inflate import load_image_weights
+from vldm.nn.widen import load_widened
 
 log = logging.getLogger(__name__)
 
 UNET = "model.diffusion_model."
 FIRST_STAGE = "first_stage_model."
-INIT_MODES = ("full", "inflate")
+INIT_MODES = ("full", "inflate", "i2v")
 
 
 def sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -63,6 +69,22 @@ def inflate_into(model: LatentDiffusion, state: dict[str, torch.Tensor], source:
     take_scale_factor(model, state)
 
 
+def widen_into(model: LatentDiffusion, state: dict[str, torch.Tensor], source: str) -> None:
+    """Text-to-video -> image-to-video: the base model's UNet widened into this one, its autoencoder and latent scale."""
+    if not model.image_to_video:
+        raise CheckpointError("init_mode i2v fills an image-to-video model; this stage's model is "
+                              f"{model.task.replace('_', '-')}")
+    unet = sub_state(state, UNET)
+    if not unet:
+        raise CheckpointError(f"{source} has no {UNET}* keys to widen")
+    if not any(k.startswith("time_stack") or ".time_stack." in k for k in unet):
+        raise CheckpointError(f"{source} holds an image UNet (no temporal layers): init_mode i2v starts from a "
+                              f"text-to-video stage ('video' or 'hq')")
+    load_widened(model.network, unet)
+    load_strict(model.first_stage_model, sub_state(state, FIRST_STAGE), what=f"{source} ({FIRST_STAGE}*)")
+    take_scale_factor(model, state)
+
+
 def stage_weights_file(path: str | Path) -> Path:
     """The weights file of ``path``: the file itself, or a stage's run directory's ``model.safetensors``."""
     path = Path(path)
@@ -78,11 +100,17 @@ def stage_weights_file(path: str | Path) -> Path:
 
 def expected_weights(model: LatentDiffusion, mode: str) -> str:
     """What a file must hold to initialise ``model`` as ``mode``, in words."""
-    video = bool(getattr(getattr(model.network, "config", None), "video", False))
     if mode == "inflate":
         return "an image model (a vldm 'image' stage, or SD 2.1) to inflate into this video model"
-    kind = "image-to-video model (a vldm 'video' or 'hq' stage)" if video else "text-to-image model (a vldm 'image' stage)"
-    hint = "; an image stage's weights go into a video model with stage.init_mode=inflate" if video else ""
+    if mode == "i2v":
+        return "a text-to-video model (a vldm 'video' or 'hq' stage) to widen into this image-to-video model"
+    kinds = {"image_to_video": "image-to-video model (a vldm 'i2v' stage)",
+             "text_to_video": "text-to-video model (a vldm 'video' or 'hq' stage)",
+             "text_to_image": "text-to-image model (a vldm 'image' stage)"}
+    kind = kinds[model.task]
+    hints = {"image_to_video": "; a text-to-video stage's weights go into it with stage.init_mode=i2v",
+             "text_to_video": "; an image stage's weights go into it with stage.init_mode=inflate"}
+    hint = hints.get(model.task, "")
     return f"this very {kind} with the same sizes{hint}"
 
 
@@ -95,9 +123,11 @@ def load_stage_weights(model: LatentDiffusion, path: str | Path, mode: str = "fu
     try:
         if mode == "full":
             load_strict(model, {k: v for k, v in state.items() if not k.startswith("model_ema.")}, what=str(path))
-        else:
+        elif mode == "inflate":
             inflate_into(model, state, str(path))
-    except (CheckpointError, RuntimeError, ValueError) as err:
+        else:
+            widen_into(model, state, str(path))
+    except (CheckpointError, RuntimeError, ValueError, KeyError) as err:
         what = describe_file(path)
         raise CheckpointError(f"init_from {path} (mode {mode}): the file is {what or 'not a file vldm described'}; "
                               f"expected {expected_weights(model, mode)}. {err}") from err

@@ -33,7 +33,8 @@ class DiffusionWrapper(nn.Module):
 class LatentDiffusion(nn.Module):
     """Network, autoencoder, conditioner, denoiser and latent scale of one model (Rombach et al., 2022).
 
-    ``image_to_video``: conditioned on a first frame (SVD) rather than on text; ``sampler``: the
+    ``image_to_video``: conditioned on a first frame (SVD) rather than on text (a video network without
+    it is the text-to-video base model, see :attr:`task`); ``sampler``: the
     model's sampling preset; ``uncond_text``: guidance's text branch, ``zero`` (SGM) or the
     ``empty`` prompt (SD 2.x).
     """
@@ -62,6 +63,14 @@ class LatentDiffusion(nn.Module):
     @property
     def network(self) -> UNet:
         return self.model.diffusion_model
+
+    @property
+    def task(self) -> str:
+        """What the model generates from what: ``text_to_image`` (stage I), ``text_to_video`` (the SVD base
+        model, stages II-III) or ``image_to_video``."""
+        if self.image_to_video:
+            return "image_to_video"
+        return "text_to_video" if self.network.config.video else "text_to_image"
 
     def init_buffers(self, device: torch.device | str) -> None:
         """Recompute the buffers a state dict does not hold (the fixed latent scale) after a meta-device build."""

@@ -1,4 +1,4 @@
-"""Generation from a trained latent diffusion model: image-to-video and text-to-image.
+"""Generation from a trained latent diffusion model: image-to-video, text-to-video and text-to-image.
 
 The sampling defaults follow the official SVD sampler (``sgm`` ``EulerEDMSampler`` with
 ``LinearPredictionGuider``): EDM sigmas, Euler without churn, initial noise scaled by
@@ -24,6 +24,7 @@ from torch import nn
 
 from vldm.conditioning.conditioner import Conditioner
 from vldm.conditioning.i2v_inputs import expand_to_frames, i2v_inputs
+from vldm.conditioning.t2v_inputs import t2v_inputs
 from vldm.diffusion.denoiser import Denoiser
 from vldm.diffusion.discretization import sigma_schedule
 from vldm.diffusion.guidance import guide, linear_frame_scales
@@ -208,6 +209,28 @@ class LatentDiffusionSampler:
         video = self.decode(z, cfg.decode_chunk_size, num_frames=num_frames)
         self._stop_measuring()
         return video.reshape(image.shape[0], num_frames, *video.shape[1:])
+
+    @torch.no_grad()
+    def text_to_video(self, captions: Sequence[str], num_frames: int, height: int, width: int,
+                      fps_id: torch.Tensor | int = 6, motion_bucket_id: torch.Tensor | int = 127,
+                      cfg: SamplerConfig = SamplerConfig(), seed: int | Sequence[int] = 0) -> torch.Tensor:
+        """Captions -> videos ``(b, t, 3, h, w)`` in [-1, 1] (the text-to-video base model).
+
+        ``seed``: one for the batch, or one per caption, so that video ``i`` is what a call with
+        ``captions[i:i+1]`` and ``seed[i]`` gives, whatever the batch. The guidance scale rises from
+        ``cfg.min_guidance`` to ``cfg.max_guidance`` over the frames: constant when they are equal.
+        """
+        if not isinstance(seed, int) and len(seed) != len(captions):
+            raise ValueError(f"{len(seed)} seeds for {len(captions)} captions: give one seed, or one per caption")
+        self._start_measuring()
+        generator = seeded_generators(seed)
+        inputs = t2v_inputs(captions, fps_id, motion_bucket_id, self.device)
+        f = self.first_stage.downsample_factor
+        shape = (len(captions) * num_frames, self.network.config.out_channels, height // f, width // f)
+        z = self.sample_latents(inputs, shape, num_frames, cfg, generator)
+        video = self.decode(z, cfg.decode_chunk_size, num_frames=num_frames)
+        self._stop_measuring()
+        return video.reshape(len(captions), num_frames, *video.shape[1:])
 
     @torch.no_grad()
     def text_to_image(self, captions: list[str], height: int, width: int, cfg: SamplerConfig = SamplerConfig(),

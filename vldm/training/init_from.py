@@ -12,7 +12,7 @@ from vldm.training.module import DiffusionModule
 
 
 def init_from(module: DiffusionModule, path: str | Path, mode: str = "full") -> None:
-    """Fill ``module``'s model from ``path`` (``full`` or ``inflate``) and restart its EMA from it."""
+    """Fill ``module``'s model from ``path`` (``full``, ``inflate`` or ``i2v``) and restart its EMA from it."""
     load_stage_weights(module.diffusion, path, mode)
     if module.model_ema is not None:
         module.model_ema.sync(module.network)

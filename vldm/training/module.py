@@ -1,7 +1,7 @@
 """One LightningModule for the diffusion stages of the SVD recipe, around a plain model.
 
 A stage is configuration: which model (:class:`~vldm.models.LatentDiffusion`: image UNet or the
-video UNet after :func:`inflate`, text or image-to-video conditioning), which data, which
+video UNet after :func:`inflate`; text-to-image, text-to-video or image-to-video), which data, which
 parameters train. This module adds what training needs: the loss, the EMA copy, the optimizer.
 
 Training loss (Karras et al., 2022): ``lambda(sigma) ||D(z + sigma n; sigma) - z||^2`` with one
@@ -238,13 +238,16 @@ class DiffusionModule(pl.LightningModule):
 
     @torch.no_grad()
     def generate(self, batch: dict, seed: int = 0) -> torch.Tensor:
-        """Samples for a batch: videos from its first frames (i2v) or images from its captions."""
+        """Samples for a batch: videos from its first frames (i2v) or its captions (t2v), or images from its captions."""
         first = self._first_frames(batch)
         num_frames = batch["latents"].shape[1] if self.is_latent_batch(batch) else self._frames(batch).shape[1]
         sampler = self.sampler()
         if self.image_to_video:
             return sampler.image_to_video(first, num_frames, batch["fps_id"], batch["motion_bucket_id"],
                                           cond_aug=0.02, cfg=self.diffusion.sampler_cfg, seed=seed)
+        if self.diffusion.task == "text_to_video":
+            return sampler.text_to_video(list(batch["txt"]), num_frames, first.shape[-2], first.shape[-1],
+                                         batch["fps_id"], batch["motion_bucket_id"], self.diffusion.sampler_cfg, seed)
         images = sampler.text_to_image(list(batch["txt"]), first.shape[-2], first.shape[-1], self.diffusion.sampler_cfg, seed)
         return images[:, None]
 
