@@ -40,14 +40,17 @@ def test_motion_bucket_check_orders_fast_over_slow_clips() -> None:
 def test_check_report_on_toy_clips_passes_and_names_its_settings() -> None:
     clips, metas = _clips("clean", range(8))
     settings = CheckSettings(num_frames=8, height=32, width=32, fps=8, count=8, seed=3)
-    report = check_report(clips, [m["caption"] for m in metas], clips, clips, settings)
+    captions = [m["caption"] for m in metas]
+    static, _ = _clips("static", range(8))
+    report = check_report(clips, captions, static, clips, settings)
     assert report["settings"]["seeds"] == list(range(3, 11))
     assert report["count"] == 8 and len(report["rows"]) == 8
     assert report["colour_accuracy"] == report["direction_accuracy"] == 1.0
     assert report["passed"] is True
-    assert report["motion_bucket"]["ratio"] == pytest.approx(1.0)
+    same = check_report(clips, captions, clips, clips, settings)  # the bucket changes nothing: fails
+    assert same["motion_bucket"]["ratio"] == pytest.approx(1.0) and same["passed"] is False
     mirrored = [np.ascontiguousarray(c[:, :, ::-1]) for c in clips]
-    assert check_report(mirrored, [m["caption"] for m in metas], clips, clips, settings)["passed"] is False
+    assert check_report(mirrored, captions, static, clips, settings)["passed"] is False
 
 
 def test_check_settings_refuse_bad_buckets() -> None:

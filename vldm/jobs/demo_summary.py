@@ -44,12 +44,20 @@ def summarise(run_root: str | Path, curated: str | Path | None = None) -> list[s
             lines.append(f"              validation  {videos[-1]} ({len(videos)} mp4)")
     samples = sorted((root / "samples").glob("*.mp4")) if (root / "samples").is_dir() else []
     if samples:
-        lines.append(f"  i2v samples {root / 'samples'}/ ({len(samples)} mp4 + gif), e.g. {samples[0]}")
+        lines.append(f"  samples     {root / 'samples'}/ ({len(samples)} mp4 + gif), e.g. {samples[0]}")
     check = root / "toy_check.json"
     if check.is_file():
         s = json.loads(check.read_text())
         lines.append(f"  toy check   frame-0 PSNR {s['frame0_psnr_db']:.2f} dB, motion {100 * s['motion_ratio']:.0f}% "
                      f"of real ({'PASS' if s['passed'] else 'FAIL'})")
+    t2v = root / "t2v_check.json"
+    if t2v.is_file():
+        s = json.loads(t2v.read_text())
+        m = s["motion_bucket"]
+        ratio = "any / none" if m["ratio"] is None else f"{m['ratio']:.1f}x"
+        lines.append(f"  t2v check   {s['count']} toy prompts: colour {100 * s['colour_accuracy']:.0f}%, direction "
+                     f"{100 * s['direction_accuracy']:.0f}%; motion bucket {m['high_bucket']} vs {m['low_bucket']}: "
+                     f"{ratio} ({'PASS' if s['passed'] else 'FAIL'})")
     return lines
 
 

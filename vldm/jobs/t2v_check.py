@@ -29,6 +29,7 @@ from vldm.video.motion import FlowProtocol, mean_flow_magnitude
 
 COLOUR_TARGET = 0.8
 DIRECTION_TARGET = 0.7
+MOTION_RATIO_TARGET = 2.0  # high-bucket motion over low-bucket motion
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,14 @@ def motion_bucket_check(low: Sequence[np.ndarray], high: Sequence[np.ndarray], l
     }
 
 
+def buckets_apart(buckets: dict[str, Any]) -> bool:
+    """The high bucket moves at least :data:`MOTION_RATIO_TARGET` times as much as the low one (any motion
+    over none counts)."""
+    if buckets["ratio"] is None:
+        return buckets["high_motion"] > 0
+    return buckets["ratio"] >= MOTION_RATIO_TARGET
+
+
 def check_report(videos: Sequence[np.ndarray], prompts: Sequence[str], low: Sequence[np.ndarray],
                  high: Sequence[np.ndarray], settings: CheckSettings) -> dict[str, Any]:
     """The JSON record: settings, caption following of ``videos``, the motion-bucket check and pass/fail."""
@@ -88,8 +97,10 @@ def check_report(videos: Sequence[np.ndarray], prompts: Sequence[str], low: Sequ
     return {
         "settings": {**asdict(settings), "seeds": settings.seeds},
         **{k: following[k] for k in ("colour_accuracy", "direction_accuracy", "count")},
-        "targets": {"colour_accuracy": COLOUR_TARGET, "direction_accuracy": DIRECTION_TARGET},
-        "passed": following["colour_accuracy"] >= COLOUR_TARGET and following["direction_accuracy"] >= DIRECTION_TARGET,
+        "targets": {"colour_accuracy": COLOUR_TARGET, "direction_accuracy": DIRECTION_TARGET,
+                    "motion_ratio": MOTION_RATIO_TARGET},
+        "passed": following["colour_accuracy"] >= COLOUR_TARGET and following["direction_accuracy"] >= DIRECTION_TARGET
+        and buckets_apart(buckets),
         "motion_bucket": buckets,
         "rows": following["rows"],
     }
@@ -152,7 +163,7 @@ def _print(report: dict[str, Any]) -> None:
     print(f"[vldm]   direction accuracy: {report['direction_accuracy']:.3f} (within 45 deg; target >= {DIRECTION_TARGET})")
     ratio = "n/a (no motion at the low bucket)" if m["ratio"] is None else f"{m['ratio']:.3f}"
     print(f"[vldm]   motion at bucket {m['low_bucket']}: {m['low_motion']:.5f}, at {m['high_bucket']}: "
-          f"{m['high_motion']:.5f}, ratio {ratio}")
+          f"{m['high_motion']:.5f}, ratio {ratio} (target >= {MOTION_RATIO_TARGET})")
     print(f"[vldm]   {'PASS' if report['passed'] else 'FAIL'}")
 
 
