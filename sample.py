@@ -1,4 +1,5 @@
-"""Image-to-video (`python sample.py checkpoint=RUN_DIR_OR_FILE image=PATH`) or text-to-image (`prompt=...`)."""
+"""Image-to-video (`python sample.py checkpoint=RUN_DIR_OR_FILE image=PATH`), text-to-video or text-to-image
+(`prompt="..."` or `prompts=FILE`)."""
 
 import hydra
 from omegaconf import DictConfig

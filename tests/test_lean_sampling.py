@@ -28,8 +28,18 @@ def perturbed(module: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def i2v_module():
     torch.manual_seed(0)
-    cfg = compose_train(["stage=video", "experiment=smoke"])
+    cfg = compose_train(["stage=i2v", "experiment=smoke"])
     module = build_model(cfg.model).eval()
+    module.scale_factor.fill_(0.7)
+    perturbed(module.network)
+    perturbed(module.first_stage_model)
+    return module
+
+
+@pytest.fixture(scope="module")
+def t2v_module():
+    torch.manual_seed(0)
+    module = build_model(compose_train(["stage=hq", "experiment=smoke"]).model).eval()
     module.scale_factor.fill_(0.7)
     perturbed(module.network)
     perturbed(module.first_stage_model)
@@ -115,6 +125,24 @@ def test_plan_for_a_module_and_its_errors(i2v_module) -> None:
     assert lean != fastest and lean.budget_bytes == budget and lean.estimated_peak_bytes <= 0.9 * budget
     with pytest.raises(MemoryError, match="no sampling plan fits in 100 KiB"):
         plan_for(i2v_module, "100KiB", 4, 32, 32, device="cpu")
+
+
+def test_a_text_to_video_model_gives_the_same_clip_under_the_leanest_plan(t2v_module) -> None:
+    """No conditioning-frame encoder to place: the text tower streams, the UNet streams, guidance runs sequential."""
+    cfg = SamplerConfig(num_steps=2, sigma_max=80.0, min_guidance=2.0, max_guidance=2.0)
+
+    def clip(sampler: LatentDiffusionSampler) -> torch.Tensor:
+        return sampler.text_to_video(["a red circle moving right", "a blue square"], 4, 32, 32, cfg=cfg, seed=[3, 4])
+
+    reference = clip(sampler_of(t2v_module))
+    module = copy.deepcopy(t2v_module)
+    sampler = sampler_of(module, LEANEST)
+    lean = clip(sampler)
+    assert lean.shape == (2, 4, 3, 32, 32)
+    assert (lean - reference).abs().max().item() <= 1e-4
+    fastest = plan_for(t2v_module, None, 4, 32, 32, device="cpu")
+    lean_plan = plan_for(t2v_module, int(0.95 * fastest.estimated_peak_bytes), 4, 32, 32, device="cpu")
+    assert lean_plan != fastest and lean_plan.estimated_peak_bytes <= 0.9 * 0.95 * fastest.estimated_peak_bytes
 
 
 def test_temporal_decoder_is_decoded_per_clip_in_overlapping_chunks(i2v_module) -> None:

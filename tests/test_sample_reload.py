@@ -59,7 +59,7 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("runs"), "video", metadata={"fps": "12"})
+    return make_run(tmp_path_factory.mktemp("runs"), "i2v", metadata={"fps": "12"})
 
 
 def test_exported_file_samples_as_its_run(video_run: Path, image_file: Path, tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_another_model_config_on_an_exported_file_says_what_the_file_is(video_ru
 
 
 def test_a_run_trained_at_a_non_square_size_samples_at_it(tmp_path: Path, image_file: Path) -> None:
-    run = make_run(tmp_path, "video", "data.size=[32,64]", metadata={"fps": "8"})
+    run = make_run(tmp_path, "i2v", "data.size=[32,64]", metadata={"fps": "8"})
     [mp4] = sample(checkpoint=run, image=image_file, output_dir=tmp_path / "out", save_frames=True, **FAST)
     meta = json.loads(mp4.with_suffix(".json").read_text())
     assert (meta["height"], meta["width"]) == (32, 64)
@@ -112,13 +112,13 @@ def test_a_run_trained_at_a_non_square_size_samples_at_it(tmp_path: Path, image_
 
 def test_the_fps_preset_is_the_rate_the_run_trained_at(tmp_path: Path, image_file: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    varied = make_run(tmp_path / "a", "video", metadata={"fps": json.dumps({"8": 3, "16": 5, "4": 5})})
+    varied = make_run(tmp_path / "a", "i2v", metadata={"fps": json.dumps({"8": 3, "16": 5, "4": 5})})
     [mp4] = sample(checkpoint=varied, image=image_file, output_dir=tmp_path / "out", **FAST)
     meta = json.loads(mp4.with_suffix(".json").read_text())
     assert (meta["fps"], meta["fps_id"]) == (4, 3)  # the most frequent; a tie goes to the lower rate
     [chosen] = sample(checkpoint=varied, image=image_file, output_dir=tmp_path / "out", fps=10, **FAST)
     assert json.loads(chosen.with_suffix(".json").read_text())["fps"] == 10
-    unrecorded = make_run(tmp_path / "b", "video")
+    unrecorded = make_run(tmp_path / "b", "i2v")
     with caplog.at_level(logging.WARNING):
         [mp4] = sample(checkpoint=unrecorded, image=image_file, output_dir=tmp_path / "out", **FAST)
     assert json.loads(mp4.with_suffix(".json").read_text())["fps"] == 7
@@ -161,7 +161,7 @@ def test_an_image_to_video_run_asks_for_an_image(video_run: Path, tmp_path: Path
 
 def test_the_recorded_fps_reads_back_as_the_preset() -> None:
     from vldm.checkpoints.export import fps_record
-    from vldm.sampling.run import trained_fps
+    from vldm.sampling.presets import trained_fps
 
     assert fps_record({8: 40}) == "8" and trained_fps({"fps": fps_record({8: 40})}) == 8
     assert trained_fps({"fps": fps_record({4: 10, 8: 30, 16: 2})}) == 8

@@ -21,7 +21,7 @@ def sample_cfg(**overrides):
 
 @pytest.fixture
 def video_run(smoke_chain: Path) -> Path:
-    """Trained autoencoder, image and video stages: the session's smoke chain."""
+    """The session's smoke chain: autoencoder, image, video and hq (text-to-video), i2v (image-to-video)."""
     return smoke_chain
 
 
@@ -30,7 +30,7 @@ def test_sampler_shapes_and_determinism_by_seed(video_run: Path) -> None:
     from vldm.checkpoints.load import load_run
     from vldm.diffusion.sampler_config import SamplerConfig
 
-    module, _ = load_run(video_run / "video")
+    module, _ = load_run(video_run / "i2v")
     sampler = LatentDiffusionSampler.from_model(module)
     image = torch.rand(2, 3, 32, 32) * 2 - 1
     cfg = SamplerConfig(num_steps=3, sigma_max=80.0)
@@ -56,7 +56,7 @@ def test_guidance_one_skips_the_unconditional_pass(video_run: Path, monkeypatch:
     from vldm.checkpoints.load import load_run
     from vldm.diffusion.sampler_config import SamplerConfig
 
-    module, _ = load_run(video_run / "video")
+    module, _ = load_run(video_run / "i2v")
     sampler = LatentDiffusionSampler.from_model(module)
     batches = []
     network_forward = sampler.network.forward
@@ -74,7 +74,7 @@ def test_sample_py_writes_mp4_gif_and_json(video_run: Path, toy_root: Path, tmp_
     from vldm.io.video_io import read_video
     from vldm.sampling.run import sample_videos
 
-    cfg = sample_cfg(checkpoint=video_run / "video", image=toy_root / "first_frames", output_dir=tmp_path,
+    cfg = sample_cfg(checkpoint=video_run / "i2v", image=toy_root / "first_frames", output_dir=tmp_path,
                      **{"sampler.num_steps": 2, "num_frames": 4})
     written = sample_videos(cfg)
     assert len(written) == 6
@@ -82,7 +82,7 @@ def test_sample_py_writes_mp4_gif_and_json(video_run: Path, toy_root: Path, tmp_
     assert frames.shape == (4, 32, 32, 3) and fps == pytest.approx(8)  # the toy clips' rate, recorded by training
     from safetensors import safe_open
 
-    with safe_open(video_run / "video" / "model.safetensors", "pt") as weights:
+    with safe_open(video_run / "i2v" / "model.safetensors", "pt") as weights:
         assert weights.metadata()["fps"] == "8"
     meta = json.loads(written[0].with_suffix(".json").read_text())
     assert meta["seed"] == 0 and meta["motion_bucket_id"] == 127 and meta["sampler"]["num_steps"] == 2
@@ -98,14 +98,14 @@ def test_sample_py_errors(video_run: Path, toy_root: Path, tmp_path: Path) -> No
     with pytest.raises(FileNotFoundError, match="no weights"):
         sample_videos(sample_cfg(checkpoint=tmp_path / "nope", image=img, output_dir=tmp_path))
     with pytest.raises(FileNotFoundError, match="image not found"):
-        sample_videos(sample_cfg(checkpoint=video_run / "video", image=tmp_path / "x.png", output_dir=tmp_path))
+        sample_videos(sample_cfg(checkpoint=video_run / "i2v", image=tmp_path / "x.png", output_dir=tmp_path))
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(ValueError, match="cannot read image"):
-        sample_videos(sample_cfg(checkpoint=video_run / "video", image=tmp_path / "bad.png", output_dir=tmp_path))
+        sample_videos(sample_cfg(checkpoint=video_run / "i2v", image=tmp_path / "bad.png", output_dir=tmp_path))
     with pytest.raises(ValueError, match="text-to-image"):
         sample_videos(sample_cfg(checkpoint=video_run / "image", image=img, output_dir=tmp_path))
     with pytest.raises(ValueError, match="motion_bucket_id"):
-        sample_videos(sample_cfg(checkpoint=video_run / "video", image=img, output_dir=tmp_path, motion_bucket_id=300))
+        sample_videos(sample_cfg(checkpoint=video_run / "i2v", image=img, output_dir=tmp_path, motion_bucket_id=300))
     with pytest.raises(ValueError, match="diffusion model"):
         sample_videos(sample_cfg(checkpoint=video_run / "autoencoder", image=img, output_dir=tmp_path))
 
@@ -140,9 +140,9 @@ def test_sample_py_with_a_model_config_and_a_weights_file(video_run: Path, toy_r
     from vldm.io.safe_load import CheckpointError
     from vldm.sampling.run import sample_videos
 
-    weights = video_run / "video" / "model.safetensors"
+    weights = video_run / "i2v" / "model.safetensors"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 70, 3), np.uint8)).save(tmp_path / "wide.png")
-    common = {"model": "toy_video", "checkpoint": weights, "output_dir": tmp_path / "out", "sampler.num_steps": 2}
+    common = {"model": "toy_i2v", "checkpoint": weights, "output_dir": tmp_path / "out", "sampler.num_steps": 2}
     with pytest.raises(ValueError, match="height=... width=... num_frames=..."):
         sample_videos(sample_cfg(image=tmp_path / "wide.png", **common))
     written = sample_videos(sample_cfg(image=tmp_path / "wide.png", resize="keep", save_frames=True, height=32,
@@ -163,7 +163,7 @@ def test_a_memory_budget_on_cpu_is_refused(video_run: Path, toy_root: Path, tmp_
     from vldm.sampling.run import sample_videos
 
     image = sorted((toy_root / "first_frames").iterdir())[0]
-    cfg = sample_cfg(checkpoint=video_run / "video", image=image, output_dir=tmp_path, device="cpu",
+    cfg = sample_cfg(checkpoint=video_run / "i2v", image=image, output_dir=tmp_path, device="cpu",
                      max_memory="20MB")
     with pytest.raises(ValueError, match="is a budget for CUDA memory"):
         sample_videos(cfg)

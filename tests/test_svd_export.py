@@ -17,7 +17,7 @@ from vldm.checkpoints.export import export_safetensors
 from vldm.checkpoints.load import build_model, load_run
 from vldm.checkpoints.official import load_pretrained
 from vldm.io.safe_load import CheckpointError
-from vldm.checkpoints.svd_export import SVD_PREFIXES, export_svd, load_exported
+from vldm.checkpoints.svd_export import SVD_PREFIXES, T2V_PREFIXES, export_svd, load_exported
 from vldm.jobs.export import main
 from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.io.tensor_source import TensorSource
@@ -38,7 +38,14 @@ def make_run(root: Path, stage: str, scale: float = 0.9, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def video_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("runs"), "video")
+    """An image-to-video run (the i2v stage): the SVD layout proper."""
+    return make_run(tmp_path_factory.mktemp("runs"), "i2v")
+
+
+@pytest.fixture(scope="module")
+def t2v_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A text-to-video run (the hq stage)."""
+    return make_run(tmp_path_factory.mktemp("runs"), "hq", scale=0.8, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +69,7 @@ def test_key_set_follows_the_svd_layout(exported) -> None:
     assert not any(k.startswith("transformer.") for k in prefixes["conditioner.embedders.0.open_clip.model."])
     assert meta["format"] == "svd" and meta["dtype"] == "fp16" and meta["global_step"] == "42"
     assert float(meta["scale_factor"]) == pytest.approx(0.9) and meta["model_channels"] == "32"
-    assert meta["source_stage"] == "video" and int(meta["unet_parameters"]) > 0 and meta["vldm_version"]
+    assert meta["source_stage"] == "i2v" and int(meta["unet_parameters"]) > 0 and meta["vldm_version"]
     assert result.num_tensors == len(keys) and result.scale_factor == pytest.approx(0.9)
 
 
@@ -102,6 +109,32 @@ def test_reloads_strictly_with_identical_outputs(video_run: Path, exported) -> N
     for name, value in original.state_dict().items():
         if name != "scale_factor":
             assert torch.equal(state[name], value.half().float()), name
+
+
+def test_a_text_to_video_run_exports_its_text_tower_and_reloads_strictly(t2v_run: Path, tmp_path: Path) -> None:
+    result = export_svd(t2v_run, tmp_path / "t2v.safetensors", dtype=torch.float32)
+    with TensorSource(result.weights) as f:
+        keys, meta = f.keys(), f.metadata
+    assert all(k.startswith(T2V_PREFIXES) for k in keys) and "scale_factor" not in keys
+    assert all(any(k.startswith(p) for k in keys) for p in T2V_PREFIXES)  # UNet, first stage, text tower
+    assert not any(k.startswith("conditioner.embedders.3.") or ".visual." in k for k in keys)
+    assert meta["source_stage"] == "hq" and float(meta["scale_factor"]) == pytest.approx(0.8)
+    params = OmegaConf.load(result.config).model.params
+    net = params.network_config.params
+    assert (net.in_channels, net.adm_in_channels, net.context_dim) == (4, 64, 64)
+    text, *vector = params.conditioner_config.params.emb_models
+    assert text.target == "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder" and text.input_key == "txt"
+    assert (text.params.layer, text.params.max_length, text.params.arch) == ("penultimate", 32, "t2v.open_clip")
+    assert [e.target.rsplit(".", 1)[-1] for e in vector] == ["ConcatTimestepEmbedderND"] * 2
+    assert json.loads(result.weights.with_name("t2v.open_clip.json").read_text())["text_cfg"]["width"] == 64
+    original, reloaded = load_run(t2v_run)[0], load_exported(result.weights)
+    assert reloaded.task == "text_to_video"
+    state = reloaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in original.state_dict().items() if k != "scale_factor")
+    clips = [LatentDiffusionSampler.from_model(m).text_to_video(["a red circle"], 2, 16, 16,
+                                                                cfg=m.sampler_cfg.__class__(num_steps=1), seed=1)
+             for m in (original, reloaded)]
+    assert clips[0].std() > 0.01 and torch.equal(clips[0], clips[1])
 
 
 def test_cli_writes_both_files(video_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

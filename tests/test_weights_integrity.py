@@ -123,8 +123,15 @@ def test_a_wrong_stage_file_says_what_it_is_and_what_was_expected(runs: Path) ->
         load_stage_weights(video, runs / "image" / "model.safetensors", "full")
     message = str(err.value)
     assert "the weights of a vldm 'image' stage (metadata stage=image, global_step=4)" in message
-    assert "expected this very image-to-video model (a vldm 'video' or 'hq' stage)" in message
+    assert "expected this very text-to-video model (a vldm 'video' or 'hq' stage)" in message
     assert "stage.init_mode=inflate" in message
+    i2v = build_model(compose_train(["stage=i2v"]).model)
+    with pytest.raises(CheckpointError) as err:
+        load_stage_weights(i2v, runs / "video" / "model.safetensors", "full")
+    message = str(err.value)
+    assert "the weights of a vldm 'video' stage (metadata stage=video, global_step=4)" in message
+    assert "expected this very image-to-video model (a vldm 'i2v' stage)" in message
+    assert "stage.init_mode=i2v" in message
 
 
 def test_in_memory_weights_carry_the_hash_too() -> None:

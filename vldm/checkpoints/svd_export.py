@@ -1,15 +1,18 @@
-"""Export a vldm-trained image-to-video model as one safetensors file in the SVD layout.
+"""Export a vldm-trained video model as one safetensors file in the SVD layout.
 
 The released SVD files (``svd.safetensors``, ``svd_xt.safetensors`` ...) are what sgm's
 ``DiffusionEngine``, ComfyUI's checkpoint loader and diffusers' ``convert_svd_to_diffusers.py``
 read: one file, keys ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (autoencoder),
 ``conditioner.embedders.0.open_clip.model.*`` (CLIP image tower) and
 ``conditioner.embedders.3.encoder.*`` (the conditioning-frame autoencoder), fp16, no latent
-``scale_factor``, no EMA copy, no optimizer state. A vldm stage's ``model.safetensors`` already
-uses these names (EMA weights substituted); exporting checks the key set, drops what the layout
-does not hold, casts, and streams the tensors one at a time into the new file. Beside it goes an
-sgm-style inference yaml (targets ``sgm.models.diffusion.DiffusionEngine`` etc., the structure of
-sgm's ``configs/inference/svd_image_decoder.yaml`` / ``svd.yaml``) with the model's own sizes.
+``scale_factor``, no EMA copy, no optimizer state. A text-to-video model (no released SVD
+counterpart) keeps the same UNet and autoencoder keys, its text tower as sgm's
+``FrozenOpenCLIPEmbedder`` holds it: ``conditioner.embedders.0.model.*``. A vldm stage's
+``model.safetensors`` already uses these names (EMA weights substituted); exporting checks the key
+set, drops what the layout does not hold, casts, and streams the tensors one at a time into the new
+file. Beside it goes an sgm-style inference yaml (targets ``sgm.models.diffusion.DiffusionEngine``
+etc., the structure of sgm's ``configs/inference/svd_image_decoder.yaml`` / ``svd.yaml``) with the
+model's own sizes.
 
     python -m vldm.jobs.export RUN_DIR OUT.safetensors [--dtype fp16|bf16|fp32]
 """
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 
 SVD_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.0.open_clip.model.",
                 "conditioner.embedders.3.encoder.")
+T2V_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "conditioner.embedders.0.model.")
+LAYOUTS = {"image_to_video": (SVD_PREFIXES, "[CLIP image, fps_id, motion_bucket_id, conditioning frame, cond_aug] as "
+                                            "in SVD"),
+           "text_to_video": (T2V_PREFIXES, "[CLIP text, fps_id, motion_bucket_id] as the text-to-video base model")}
 DROPPED_KEYS = ("scale_factor",)
 DROPPED_PREFIXES = ("model_ema.",)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -52,9 +59,10 @@ class Exported:
     scale_factor: float
 
 
-def svd_layout_violations(keys: list[str]) -> list[str]:
-    """Keys that the SVD layout does not hold and that export does not drop either."""
-    return sorted(k for k in keys if not k.startswith(SVD_PREFIXES) and k not in DROPPED_KEYS
+def svd_layout_violations(keys: list[str], prefixes: tuple[str, ...] = SVD_PREFIXES) -> list[str]:
+    """Keys that the layout (``prefixes``: SVD's image-to-video one by default) does not hold and that export
+    does not drop either."""
+    return sorted(k for k in keys if not k.startswith(prefixes) and k not in DROPPED_KEYS
                   and not k.startswith(DROPPED_PREFIXES))
 
 
@@ -65,12 +73,11 @@ def exported_keys(keys: list[str]) -> list[str]:
 def _check_exportable(cfg: DictConfig, run_dir: Path) -> None:
     kind = cfg.get("stage", {}).get("kind")
     if kind != "diffusion":
-        raise ValueError(f"{run_dir} is a {kind} stage, not a diffusion model: only image-to-video models export "
+        raise ValueError(f"{run_dir} is a {kind} stage, not a diffusion model: only video models export "
                          f"to the SVD layout")
-    model_cfg = diffusion_config(cfg.model)
-    if not model_cfg.get("image_to_video", False) or not model_cfg.network.get("video", False):
-        raise ValueError(f"{run_dir} holds a text-to-image (stage 1) model; the SVD layout is for image-to-video "
-                         f"models (stage video or hq): export a video stage's run directory instead")
+    if not diffusion_config(cfg.model).network.get("video", False):
+        raise ValueError(f"{run_dir} holds a text-to-image (stage 1) model; the SVD layout is for image-to-video and "
+                         f"text-to-video models (stage video, hq or i2v): export a video stage's run directory instead")
 
 
 def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.float16) -> Exported:
@@ -98,11 +105,12 @@ def export_svd(run_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.
         if not scale > 0:
             raise ValueError(f"{run_dir}: the latent scale factor was never set ({scale}); was the stage trained?")
         keys = exported_keys(list(own))
-        bad = svd_layout_violations(list(own))
+        prefixes, conditioner = LAYOUTS[skeleton.task]
+        bad = svd_layout_violations(list(own), prefixes)
         if bad:
             raise CheckpointError(f"{run_dir}'s model has keys outside the SVD layout ({', '.join(bad[:8])}"
                                   f"{', ...' if len(bad) > 8 else ''}; {len(bad)} in all): its conditioner must be "
-                                  f"[CLIP image, fps_id, motion_bucket_id, conditioning frame, cond_aug] as in SVD")
+                                  f"{conditioner}")
         model_cfg = {"diffusion": OmegaConf.to_container(diffusion_config(cfg.model), resolve=True)}
         model_cfg["diffusion"]["scale_factor"] = scale
         unet = sum(int(torch.Size(shapes[k]).numel()) for k in keys if k.startswith("model.diffusion_model."))
@@ -191,6 +199,11 @@ def _embedder(spec: dict[str, Any], first_stage: dict[str, Any], open_clip_arch:
             "n_cond_frames": 1, "n_copies": 1, "open_clip_embedding_config": {
                 "target": "sgm.modules.encoders.modules.FrozenOpenCLIPImageEmbedder",
                 "params": {"arch": open_clip_arch, "version": None, "freeze": True}}})
+    elif target == "OpenCLIPTextEmbedder":
+        text_cfg = (spec["embedder"].get("model_cfg") or {}).get("text_cfg", {})
+        entry.update(target="sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder", params={
+            "arch": open_clip_arch, "version": None, "freeze": True,
+            "layer": spec["embedder"].get("layer", "penultimate"), "max_length": text_cfg.get("context_length", 77)})
     elif target == "ConcatTimestepEmbedderND":
         entry.update(target="sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
                      params={"outdim": spec["embedder"].get("outdim", 256)})
@@ -243,13 +256,13 @@ def sgm_config(cfg: DictConfig, skeleton: Any, scale: float, open_clip_arch: str
 def _open_clip_arch(cfg: DictConfig, out: Path) -> tuple[str, str]:
     """(arch name for sgm, a note); a custom tower's config is written as ``<out>.open_clip.json``."""
     for spec in diffusion_config(cfg.model).conditioner.embedders:
-        if spec.embedder._target_.endswith("OpenCLIPImageEmbedder"):
+        if spec.embedder._target_.endswith(("OpenCLIPImageEmbedder", "OpenCLIPTextEmbedder")):
             if spec.embedder.get("model_cfg") is None:
                 return str(spec.embedder.get("arch") or "ViT-H-14"), ""
             path = out.with_name(out.stem + ".open_clip.json")
             path.write_text(json.dumps(OmegaConf.to_container(spec.embedder.model_cfg, resolve=True), indent=2))
             name = path.name[: -len(".json")]
-            return name, (f"# The CLIP image tower is a custom open_clip config, written to {path.name}: register it "
+            return name, (f"# The CLIP tower is a custom open_clip config, written to {path.name}: register it "
                           f"first with\n#   open_clip.add_model_config('{path.name}')  (then arch '{name}' resolves)\n")
     return "ViT-H-14", ""
 

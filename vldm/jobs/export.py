@@ -1,4 +1,4 @@
-"""Export a trained image-to-video stage as one safetensors file in the SVD layout (+ an sgm inference yaml).
+"""Export a trained video stage (image- or text-to-video) as one SVD-layout safetensors file (+ an sgm yaml).
 
     python -m vldm.jobs.export RUN_DIR OUT.safetensors [--dtype fp16|bf16|fp32]
 """
@@ -13,7 +13,7 @@ from vldm.checkpoints.svd_export import DTYPES, export_svd
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vldm.jobs.export", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", help="a video / hq stage's run directory (config.yaml + model.safetensors)")
+    parser.add_argument("run_dir", help="a video / hq / i2v stage's run directory (config.yaml + model.safetensors)")
     parser.add_argument("out", help="the .safetensors file to write (its .yaml goes beside it)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight dtype (releases: fp16)")
     args = parser.parse_args(argv)

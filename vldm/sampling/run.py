@@ -1,9 +1,11 @@
 """``sample.py``'s work: image(s) in, mp4 + gif (+ frames) + a json of the settings out, per image (image-to-video);
-or a prompt in, PNG + json out (a text-to-image stage).
+prompt(s) in, the same per prompt (text-to-video); or prompt(s) in, PNG + json out (a text-to-image stage).
 
-Each output is named ``<image or prompt>_seed<N>_<settings hash>``: the hash covers the checkpoint
-and everything that changes the result (:func:`settings_hash`), so runs with other settings never
-replace each other; an existing output is refused unless ``overwrite=true``.
+Each output is named ``<image stem or prompt slug>_seed<N>_<settings hash>``: the hash covers the
+checkpoint and everything that changes the result (:func:`settings_hash`), so runs with other
+settings never replace each other; an existing output is refused unless ``overwrite=true``.
+Input ``i`` (image or prompt) is sampled with seed ``seed + i``, alone, so that it gives the same
+output whatever else is sampled with it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,22 +25,12 @@ from vldm.diffusion.sampler_config import SamplerConfig
 from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.sampling.images import fit_size, list_images, load_image, open_image
 from vldm.sampling.memory_plan import format_bytes
+from vldm.sampling.presets import (VideoSettings, container, exported_preset, image_size, run_preset, video_preset,
+                                   video_settings)
+from vldm.sampling.prompts import prompt_slug, read_prompts
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-UNRECORDED_FPS = 7  # SVD's preset, for runs whose weights do not record the rate they trained at
-
-
-@dataclass
-class VideoSettings:
-    """What one clip is conditioned on and how big it is (official SVD conventions)."""
-
-    height: int
-    width: int
-    num_frames: int
-    fps: int = 7                 # fps_id = fps - 1
-    motion_bucket_id: int = 127
-    cond_aug: float = 0.02
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,30 +48,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
     return DTYPES[name]
-
-
-def video_settings(cfg: DictConfig, preset: dict) -> VideoSettings:
-    """Command line over the model's preset; refuses what the model cannot take, warns like the official script."""
-    chosen = {k: cfg.get(k) for k in ("height", "width", "num_frames", "fps", "motion_bucket_id", "cond_aug")}
-    merged = {**preset, **{k: v for k, v in chosen.items() if v is not None}}
-    unset = [k for k in ("height", "width", "num_frames") if k not in merged]
-    if unset:
-        raise ValueError(f"the model config has no sampling preset for {', '.join(unset)}: give "
-                         + " ".join(f"{k}=..." for k in unset))
-    settings = VideoSettings(**merged)
-    if not 0 <= settings.motion_bucket_id <= 255:
-        raise ValueError(f"motion_bucket_id must be in [0, 255] (the range SVD was trained on), got "
-                         f"{settings.motion_bucket_id}")
-    if settings.fps < 1:
-        raise ValueError(f"fps must be at least 1, got {settings.fps}")
-    if not 6 <= settings.fps <= 31:
-        log.warning("fps %d (fps_id %d) is outside the 6..31 the official script recommends; expect worse clips",
-                    settings.fps, settings.fps - 1)
-    if settings.cond_aug < 0:
-        raise ValueError(f"cond_aug must be >= 0, got {settings.cond_aug}")
-    if settings.num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {settings.num_frames}")
-    return settings
 
 
 @dataclass
@@ -105,7 +72,7 @@ def load_for_sampling(cfg: DictConfig, device: torch.device, dtype: torch.dtype)
     if cfg.get("model") is not None:
         model = load_model_file(cfg.model, path, dtype=dtype, device="cpu")
         name = str(cfg.model.get("name", ""))
-        return Loaded(model, _container(cfg.model.get("sampling")), path, f"model config {name}", file_metadata(path))
+        return Loaded(model, container(cfg.model.get("sampling")), path, f"model config {name}", file_metadata(path))
     if path.is_file() and exported_config(path) is not None:
         metadata = file_metadata(path)
         model = load_exported(path, dtype=dtype, device="cpu")
@@ -115,74 +82,8 @@ def load_for_sampling(cfg: DictConfig, device: torch.device, dtype: torch.dtype)
     if dtype != torch.float32:
         model = model.to(dtype)
     metadata = file_metadata(weights)
-    preset = run_preset(train_cfg, metadata, run_dir, video=model.image_to_video)
+    preset = run_preset(train_cfg, metadata, run_dir, video=model.task != "text_to_image")
     return Loaded(model, preset, weights, "vldm run", metadata)
-
-
-def frame_size_of(size: Any) -> tuple[int, int]:
-    """``(height, width)`` of a training ``data.size`` (an int, ``[height, width]``, or either as JSON text)."""
-    from vldm.data.frames import frame_size
-
-    if isinstance(size, str):
-        size = json.loads(size)
-    return frame_size(OmegaConf.to_container(size) if OmegaConf.is_config(size) else size)
-
-
-def trained_fps(metadata: dict) -> int | None:
-    """The frame rate a run's clips were trained at (``fps_id + 1``), from its weights' ``fps`` metadata:
-    an int, or a JSON ``{fps: number of clips}`` when it varied (the most frequent; ties: the lowest)."""
-    raw = metadata.get("fps")
-    if raw in (None, ""):
-        return None
-    value = json.loads(raw) if isinstance(raw, str) else raw
-    if isinstance(value, dict):
-        if not value:
-            return None
-        return int(min(value, key=lambda fps: (-value[fps], int(fps))))
-    return int(value)
-
-
-def _with_fps(preset: dict, metadata: dict, source: str | Path) -> dict:
-    fps = trained_fps(metadata)
-    if fps is None:
-        log.warning("%s does not record the frame rate it was trained at (weights metadata 'fps'): fps preset %d "
-                    "(SVD's); give fps=N for the rate its clips had", source, UNRECORDED_FPS)
-        fps = UNRECORDED_FPS
-    return {**preset, "fps": fps}
-
-
-def run_preset(train_cfg: DictConfig, metadata: dict, run_dir: str | Path, video: bool = True) -> dict:
-    """A run's preset: its training size and (``video``) clip length and the fps it trained at, then its
-    model's ``sampling``."""
-    height, width = frame_size_of(train_cfg.data.size)
-    preset = {"height": height, "width": width}
-    if video:
-        if train_cfg.data.get("num_frames") is not None:
-            preset["num_frames"] = int(train_cfg.data.num_frames)
-        preset = _with_fps(preset, metadata, run_dir)
-    preset.update(_container(train_cfg.model.get("sampling")))
-    return preset
-
-
-def exported_preset(metadata: dict) -> dict:
-    """An exported file's preset, as :func:`run_preset` gave for its run (the export records it)."""
-    preset: dict = {}
-    if metadata.get("resolution"):
-        preset["height"], preset["width"] = frame_size_of(metadata["resolution"])
-    if metadata.get("num_frames"):
-        preset["num_frames"] = int(metadata["num_frames"])
-    preset = _with_fps(preset, metadata, metadata.get("source_run", "the exported file"))
-    preset.update(json.loads(metadata.get("sampling") or "{}"))
-    return preset
-
-
-def video_preset(preset: dict) -> dict:
-    """The preset's entries that :class:`VideoSettings` takes."""
-    return {k: v for k, v in preset.items() if k in VideoSettings.__dataclass_fields__}
-
-
-def _container(node) -> dict:
-    return dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}
 
 
 def checkpoint_identity(weights: Path, metadata: dict) -> str:
@@ -226,19 +127,23 @@ def conditioning_image(path: Path, settings: VideoSettings, resize: str) -> tupl
     return load_image(path, settings.height, settings.width)[None], settings
 
 
-def check_inputs(cfg: DictConfig, image_to_video: bool) -> None:
-    """Image-to-video models take ``image=...``, text-to-image models ``prompt=...``; refuse the other."""
-    image, prompt = cfg.get("image"), cfg.get("prompt")
-    if image_to_video and prompt is not None:
-        raise ValueError(f"{cfg.checkpoint} is an image-to-video model: it takes image=..., not prompt=... "
-                         f"(prompts are for text-to-image models, a vldm 'image' stage)")
-    if image_to_video and image is None:
-        raise ValueError(f"{cfg.checkpoint} is an image-to-video model: give image=PATH (a file or a folder)")
-    if not image_to_video and image is not None:
-        raise ValueError(f"{cfg.checkpoint} is a text-to-image model: it takes prompt=..., not image=... "
-                         f"(drop image; videos come from a 'video' or 'hq' stage)")
-    if not image_to_video and prompt is None:
-        raise ValueError(f"{cfg.checkpoint} is a text-to-image model: give prompt=\"...\" (it writes images)")
+TAKES = {"image_to_video": "image=PATH (a file or a folder)",
+         "text_to_video": 'prompt="..." (or a list) or prompts=FILE (one prompt per line)',
+         "text_to_image": 'prompt="..." (or a list) or prompts=FILE (it writes images)'}
+
+
+def check_inputs(cfg: DictConfig, task: str, prompts: list[str]) -> None:
+    """Image-to-video models take ``image=...``; text-to-video and text-to-image models prompts; refuse the other."""
+    image, name = cfg.get("image"), task.replace("_", "-")
+    if task == "image_to_video" and prompts:
+        raise ValueError(f"{cfg.checkpoint} is an image-to-video model: it takes image=..., not prompt=... or "
+                         f"prompts=... (prompts are for text-to-video models, a vldm 'video' or 'hq' stage, and "
+                         f"text-to-image models, an 'image' stage)")
+    if task != "image_to_video" and image is not None:
+        raise ValueError(f"{cfg.checkpoint} is a {name} model: it takes prompt=... or prompts=FILE, not image=... "
+                         f"(drop image; clips from an image come from an image-to-video model, a vldm 'i2v' stage)")
+    if (task == "image_to_video" and image is None) or (task != "image_to_video" and not prompts):
+        raise ValueError(f"{cfg.checkpoint} is a {name} model: give {TAKES[task]}")
 
 
 def sampler_config(cfg: DictConfig, model: LatentDiffusion) -> SamplerConfig:
@@ -256,58 +161,92 @@ def base_record(cfg: DictConfig, loaded: Loaded, device: torch.device, dtype: to
 
 
 def sample_videos(cfg: DictConfig) -> list[Path]:
-    """Generate one clip per input image (or one image per prompt for a text-to-image model); returns the
-    mp4 (png) paths."""
+    """Generate one clip per input image or prompt (one image per prompt for a text-to-image model); returns
+    the mp4 (png) paths."""
     images = list_images(cfg.image)[: cfg.limit] if cfg.get("image") is not None else []  # fail before loading
+    prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts"))
     device = resolve_device(cfg.device)
     if cfg.max_memory is not None and device.type != "cuda":
         raise ValueError(f"max_memory={cfg.max_memory} is a budget for CUDA memory; on {device} nothing is streamed "
                          "or offloaded and no peak is measured: drop max_memory, or sample with device=cuda")
     dtype = resolve_dtype(cfg.dtype, device)
     loaded = load_for_sampling(cfg, device, dtype)
-    check_inputs(cfg, loaded.model.image_to_video)
-    if not loaded.model.image_to_video:
-        return sample_images(cfg, loaded, device, dtype)
-    return _sample_clips(cfg, loaded, images, device, dtype)
+    task = loaded.model.task
+    check_inputs(cfg, task, prompts)
+    if task == "text_to_image":
+        return sample_images(cfg, loaded, prompts, device, dtype)
+    base = video_settings(cfg, video_preset(loaded.preset), task)
+    jobs = prompt_clips(prompts, base) if task == "text_to_video" else image_clips(images, base, cfg.resize)
+    return _sample_clips(cfg, loaded, jobs, device, dtype)
 
 
-def _sample_clips(cfg: DictConfig, loaded: Loaded, images: list[Path], device: torch.device,
+@dataclass
+class Clip:
+    """One clip to generate: its output name, what the name hash and the json say about its input, its
+    settings, and what it is conditioned on (an image for image-to-video, else a prompt)."""
+
+    name: str
+    record: dict
+    info: dict
+    settings: VideoSettings
+    image: torch.Tensor | None = None
+    prompt: str | None = None
+
+
+def image_clips(images: list[Path], base: VideoSettings, resize: str) -> Iterator[Clip]:
+    """Image-to-video: one clip per image, each read when its turn comes."""
+    for path in images:
+        image, settings = conditioning_image(path, base, resize)
+        yield Clip(path.stem, {"image": str(path.resolve())}, {"image": str(path)}, settings, image=image)
+
+
+def prompt_clips(prompts: list[str], base: VideoSettings) -> Iterator[Clip]:
+    """Text-to-video: one clip per prompt."""
+    for prompt in prompts:
+        yield Clip(prompt_slug(prompt), {"prompt": prompt}, {"prompt": prompt}, base, prompt=prompt)
+
+
+def generate(sampler, clip: Clip, cfg: SamplerConfig, seed: int) -> torch.Tensor:
+    """The clip ``(1, t, 3, h, w)`` in [-1, 1]."""
+    s = clip.settings
+    if clip.image is not None:
+        return sampler.image_to_video(clip.image.to(sampler.device), s.num_frames, fps_id=s.fps - 1,
+                                      motion_bucket_id=s.motion_bucket_id, cond_aug=s.cond_aug, cfg=cfg, seed=seed)
+    return sampler.text_to_video([clip.prompt], s.num_frames, s.height, s.width, fps_id=s.fps - 1,
+                                 motion_bucket_id=s.motion_bucket_id, cfg=cfg, seed=seed)
+
+
+def _sample_clips(cfg: DictConfig, loaded: Loaded, clips: Iterator[Clip], device: torch.device,
                   dtype: torch.dtype) -> list[Path]:
-    from vldm.io.video_io import write_gif, write_mp4
     from vldm.sampling.lean import lean_sampler
-    from vldm.video.pixels import tensor_to_frames
 
     model = loaded.model
-    base = video_settings(cfg, video_preset(loaded.preset))
     sampler_cfg = sampler_config(cfg, model)
     record = base_record(cfg, loaded, device, dtype, sampler_cfg)
+    if model.task == "text_to_video":
+        del record["resize"]  # there is no image to resize
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, path in enumerate(images):
-        image, settings = conditioning_image(path, base, cfg.resize)
-        seed = cfg.seed + i
-        stem = output_stem(out_dir, path.stem, seed, {**record, "image": str(path.resolve()),
-                                                      "settings": asdict(settings)}, ".mp4", cfg.overwrite)
-        sampler, plan = lean_sampler(model, device, dtype, cfg.max_memory, settings.num_frames, settings.height,
-                                     settings.width, sampler_cfg)
-        log.info("memory plan for %dx%d x %d frames:\n%s", settings.width, settings.height, settings.num_frames,
-                 plan.describe())
+    written, planned = [], None
+    for i, clip in enumerate(clips):
+        settings, seed = clip.settings, cfg.seed + i
+        stem = output_stem(out_dir, clip.name, seed, {**record, **clip.record, "settings": settings.fields()},
+                           ".mp4", cfg.overwrite)
+        size = (settings.num_frames, settings.height, settings.width)
+        if planned is None or planned[0] != size:
+            sampler, plan = lean_sampler(model, device, dtype, cfg.max_memory, *size, sampler_cfg)
+            planned = (size, sampler, plan)
+            log.info("memory plan for %dx%d x %d frames:\n%s", settings.width, settings.height, settings.num_frames,
+                     plan.describe())
+        _, sampler, plan = planned
         start = time.perf_counter()
-        video = sampler.image_to_video(image.to(device), settings.num_frames, fps_id=settings.fps - 1,
-                                       motion_bucket_id=settings.motion_bucket_id, cond_aug=settings.cond_aug,
-                                       cfg=sampler_cfg, seed=seed)
+        video = generate(sampler, clip, sampler_cfg, seed)
         seconds = time.perf_counter() - start
-        log.info("clip %d/%d: %.1f s, measured peak memory %s", i + 1, len(images), seconds,
-                 format_bytes(sampler.peak_memory))
-        frames = tensor_to_frames(video[0])
-        write_mp4(stem.with_suffix(".mp4"), frames, fps=settings.fps)
-        write_gif(stem.with_suffix(".gif"), frames, fps=settings.fps)
-        if cfg.save_frames:
-            write_frames(stem, frames)
+        log.info("clip %d: %.1f s, measured peak memory %s", i + 1, seconds, format_bytes(sampler.peak_memory))
+        write_clip(stem, video[0], settings.fps, cfg.save_frames)
         stem.with_suffix(".json").write_text(json.dumps({
-            "image": str(path), "checkpoint": str(cfg.checkpoint), "model": _model_name(cfg, loaded),
-            "seed": seed, **asdict(settings), "fps_id": settings.fps - 1, "sampler": asdict(sampler_cfg),
+            **clip.info, "task": model.task, "checkpoint": str(cfg.checkpoint), "model": _model_name(cfg, loaded),
+            "seed": seed, **settings.fields(), "fps_id": settings.fps - 1, "sampler": asdict(sampler_cfg),
             "dtype": str(dtype), "device": str(device), "memory_plan": plan.as_dict(),
             "peak_memory_bytes": sampler.peak_memory, "seconds": round(seconds, 3),
         }, indent=2, default=str))
@@ -316,31 +255,30 @@ def _sample_clips(cfg: DictConfig, loaded: Loaded, images: list[Path], device: t
     return written
 
 
+def write_clip(stem: Path, video: torch.Tensor, fps: int, save_frames: bool) -> None:
+    """``video`` ``(t, 3, h, w)`` in [-1, 1] as ``stem.mp4`` and ``stem.gif`` (+ its frames)."""
+    from vldm.io.video_io import write_gif, write_mp4
+    from vldm.video.pixels import tensor_to_frames
+
+    frames = tensor_to_frames(video)
+    write_mp4(stem.with_suffix(".mp4"), frames, fps=fps)
+    write_gif(stem.with_suffix(".gif"), frames, fps=fps)
+    if save_frames:
+        write_frames(stem, frames)
+
+
 def _model_name(cfg: DictConfig, loaded: Loaded) -> str:
     return str(cfg.model.get("name", "")) if cfg.get("model") is not None else loaded.source
 
 
-def prompt_slug(prompt: str, limit: int = 40) -> str:
-    """A file-name-safe form of a prompt (``a_red_square``)."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:limit] or "prompt"
-
-
-def image_size(cfg: DictConfig, preset: dict) -> tuple[int, int]:
-    """``(height, width)`` of a text-to-image sample: the command line over the model's preset."""
-    height, width = cfg.get("height") or preset.get("height"), cfg.get("width") or preset.get("width")
-    if height is None or width is None:
-        raise ValueError("the model config has no sampling preset for its image size: give height=... width=...")
-    return int(height), int(width)
-
-
-def sample_images(cfg: DictConfig, loaded: Loaded, device: torch.device, dtype: torch.dtype) -> list[Path]:
+def sample_images(cfg: DictConfig, loaded: Loaded, prompts: list[str], device: torch.device,
+                  dtype: torch.dtype) -> list[Path]:
     """A text-to-image model: one PNG (+ json) per prompt, prompt ``i`` with seed ``seed + i``."""
     from PIL import Image
 
     from vldm.sampling.lean import lean_sampler
     from vldm.video.pixels import tensor_to_frames
 
-    prompts = [cfg.prompt] if isinstance(cfg.prompt, str) else [str(p) for p in cfg.prompt]
     height, width = image_size(cfg, loaded.preset)
     sampler_cfg = sampler_config(cfg, loaded.model)
     record = {**base_record(cfg, loaded, device, dtype, sampler_cfg), "height": height, "width": width}
