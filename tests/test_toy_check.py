@@ -43,3 +43,11 @@ def test_known_noise_gives_known_psnr() -> None:
 def test_mismatched_batches_are_refused() -> None:
     with pytest.raises(ValueError, match="pair up"):
         score_clips(clips("clean", range(2)), clips("clean", range(3)))
+
+
+def test_a_text_to_video_run_is_refused_naming_the_i2v_stage(smoke_chain, toy_root) -> None:
+    from vldm.jobs.toy_check import run_toy_check
+
+    with pytest.raises(ValueError, match="is a text-to-video model: .* give the i2v stage"):
+        run_toy_check(smoke_chain / "hq", toy_root, num_clips=2)
+    assert run_toy_check(smoke_chain / "i2v", toy_root, num_clips=2).num_clips == 2

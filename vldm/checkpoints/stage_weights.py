@@ -6,8 +6,8 @@ match. A file in the LDM layout (``v2-1_768-ema-pruned``: ``cond_stage_model.*``
 buffers) is read through :mod:`vldm.checkpoints.ldm_layout`: its schedule is checked against ours.
 ``inflate``: the file holds an image model (video from image, Blattmann et al., 2023): its UNet is
 inflated into this video UNet (:func:`vldm.nn.inflate.load_image_weights`), its autoencoder and
-latent scale are taken over strictly, and the conditioner keeps its own weights (image-to-video
-conditioning replaces the text conditioning of stage I).
+latent scale are taken over strictly; a text-to-video model takes the file's text tower too (captions
+are read by the tower the UNet learnt them with), an image-to-video model keeps its own conditioner.
 ``i2v``: the file holds the text-to-video base model (Blattmann et al., 2023, Sec. 4): its UNet goes into
 this image-to-video UNet with the input conv and the vector embedding widened, new parts zero
 (:func:`vldm.nn.widen.load_widened`); its autoencoder and latent scale are taken over strictly; the
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 UNET = "model.diffusion_model."
 FIRST_STAGE = "first_stage_model."
+TEXT_TOWER = "conditioner.embedders.0."  # an image model's only embedder: the caption's
 INIT_MODES = ("full", "inflate", "i2v")
 
 
@@ -67,6 +68,19 @@ def inflate_into(model: LatentDiffusion, state: dict[str, torch.Tensor], source:
     load_image_weights(model.network, unet)
     load_strict(model.first_stage_model, sub_state(state, FIRST_STAGE), what=f"{source} ({FIRST_STAGE}*)")
     take_scale_factor(model, state)
+    if model.task == "text_to_video":
+        take_text_tower(model, state, source)
+
+
+def take_text_tower(model: LatentDiffusion, state: dict[str, torch.Tensor], source: str) -> None:
+    """The image model's text tower (``conditioner.embedders.0.*``; SD 2.1: ``cond_stage_model.*``) into the
+    text-to-video model's ``txt`` embedder, strictly."""
+    tower = sub_state(state, TEXT_TOWER)
+    if not tower:
+        raise CheckpointError(f"{source} has no text tower ({TEXT_TOWER}*): the text-to-video model reads captions "
+                              f"with the tower its image stage learnt them with")
+    index = model.conditioner.input_keys.index("txt")
+    load_strict(model.conditioner.embedders[index], tower, what=f"{source} ({TEXT_TOWER}*, the text tower)")
 
 
 def widen_into(model: LatentDiffusion, state: dict[str, torch.Tensor], source: str) -> None:

@@ -12,6 +12,7 @@ Submodules (import them directly; this package imports nothing heavy):
   feature networks from local files.
 - :mod:`vldm.evaluation.random_features` -- weight-free random-projection video features (FRPD).
 - :mod:`vldm.evaluation.clip_metrics` -- CLIP score and CLIP temporal consistency (open_clip).
+- :mod:`vldm.evaluation.caption_following` -- toy text-to-video: the shape's colour and direction vs the prompt.
 - :mod:`vldm.evaluation.temporal` -- conditioning fidelity, motion vs the reference, flicker,
   flow-warping error.
 - :mod:`vldm.evaluation.protocol` -- what a number was measured on; too-few-videos warnings.

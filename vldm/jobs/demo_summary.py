@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-STAGES = ("autoencoder", "image", "video", "hq")
+STAGES = ("autoencoder", "image", "video", "hq", "i2v")
 
 
 def curation_lines(curated: Path) -> list[str]:

@@ -4,7 +4,7 @@
 - motion: mean optical-flow magnitude of the generated clips relative to the real clips of
   the same first frames, measured with the same protocol (:mod:`vldm.video.motion`).
 
-``python -m vldm.jobs.toy_check --checkpoint runs/demo/hq --data data/toy``
+``python -m vldm.jobs.toy_check --checkpoint runs/demo/i2v --data data/toy``
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def run_toy_check(checkpoint: str | Path, data_dir: str | Path, num_clips: int =
     from vldm.video.pixels import tensor_to_frames
 
     model, cfg = load_run(checkpoint)
+    if model.task != "image_to_video":
+        raise ValueError(f"{checkpoint} is a {model.task.replace('_', '-')} model: the toy check samples image-to-video "
+                         f"from first frames; give the i2v stage (e.g. runs/demo/i2v)")
     dataset = VideoClipDataset(str(Path(data_dir) / "videos" / "val-*.tar"), num_frames=cfg.data.num_frames,
                                size=cfg.data.size, repeat=False, max_samples=num_clips)
     clips = list(dataset)
@@ -70,7 +73,7 @@ def run_toy_check(checkpoint: str | Path, data_dir: str | Path, num_clips: int =
 
 def main(argv: list[str] | None = None) -> ToyScores:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a stage's run directory (e.g. runs/demo/hq)")
+    parser.add_argument("--checkpoint", required=True, help="an image-to-video stage's run directory (e.g. runs/demo/i2v)")
     parser.add_argument("--data", default="data/toy", help="toy data root (with videos/val-*.tar)")
     parser.add_argument("--num-clips", type=int, default=16)
     parser.add_argument("--out", default=None, help="write the scores as JSON here")
