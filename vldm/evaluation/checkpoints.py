@@ -327,22 +327,6 @@ def checkpoint_state(ref: CheckpointRef) -> dict[str, torch.Tensor]:
     return export_state_dict(state) if ref.weights_path.suffix == ".ckpt" else state
 
 
-def _image_conditioner_into(model, state: dict[str, torch.Tensor], source: str) -> None:
-    """The image stage's own caption embedder (its ``conditioner.*``) into a text-to-video conditioner,
-    key for key: the caption embedder is the first embedder of both."""
-    from vldm.checkpoints.stage_weights import sub_state
-    from vldm.io.safe_load import CheckpointError
-
-    image, own = sub_state(state, "conditioner."), model.conditioner.state_dict()
-    missing, unexpected = sorted(set(own) - set(image)), sorted(set(image) - set(own))
-    bad = [k for k in image if k in own and image[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(f"{source}: its text conditioner does not fit the text-to-video model's (missing "
-                              f"{missing[:6]}, unexpected {unexpected[:6]}, other shapes {bad[:6]}): the image "
-                              f"stage and the video stage must share model.clip")
-    model.conditioner.load_state_dict(image)
-
-
 def _frozen_conditioner_from(model, video_weights: Path) -> None:
     """The video stage's exported conditioner weights where this model has the same keys (frozen towers)."""
     from vldm.checkpoints.stage_weights import sub_state
@@ -362,9 +346,9 @@ def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):
     Inflation builds the video model seeded with its stage's ``seed`` (as training starts it) and
     inflates the image weights into it with :func:`vldm.checkpoints.stage_weights.inflate_into`, from
     the weights in memory (EMA weights of a step checkpoint included). The conditioner: into a
-    text-to-video model, the image stage's own text tower (so the baseline embeds captions as the
-    image model does); into an image-to-video model, the frozen conditioner of the video stage's
-    export when present (identical to its start, it never trains).
+    text-to-video model, the image stage's own text tower (``inflate_into`` takes it, as training
+    does); into an image-to-video model, the frozen conditioner of the video stage's export when
+    present (identical to its start, it never trains).
     """
     from vldm.checkpoints.load import build_model
     from vldm.checkpoints.stage_weights import inflate_into
@@ -380,9 +364,7 @@ def load_checkpoint(ref: CheckpointRef, device: str | torch.device = "cpu"):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.get("seed", 0)))
         model = build_model(cfg.model)
-    if model.task == "text_to_video":
-        _image_conditioner_into(model, state, str(ref.weights_path))
-    else:
+    if model.task == "image_to_video":
         _frozen_conditioner_from(model, ref.video_config.parent / "model.safetensors")
-    inflate_into(model, state, str(ref.weights_path))
+    inflate_into(model, state, str(ref.weights_path))  # a text-to-video model takes the image's text tower
     return model.to(device).eval(), cfg
