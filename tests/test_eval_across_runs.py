@@ -17,13 +17,14 @@ from vldm.evaluation.checkpoints import resolve_checkpoints
 from vldm.evaluation.run import evaluate
 
 
-def stage_dir(root: Path, stage: str, init_from: str | Path | None, step: int, i2v: bool = True) -> Path:
-    """A stage run dir with only what resolution reads: config.yaml (with stage.init_from), result.json, an
-    (empty) model.safetensors."""
+def stage_dir(root: Path, stage: str, init_from: str | Path | None, step: int, video: bool = True) -> Path:
+    """A stage run dir with only what resolution reads: config.yaml (with stage.init_from; a text-to-video
+    model, or text-to-image when not ``video``), result.json, an (empty) model.safetensors."""
     d = root / stage
     d.mkdir(parents=True)
+    model = {"diffusion": {"image_to_video": False, "network": {"video": video}}}
     OmegaConf.save(OmegaConf.create({"stage": {"name": stage, "kind": "diffusion", "init_from": init_from},
-                                     "seed": 0, "model": {"diffusion": {"image_to_video": i2v}}}), d / "config.yaml")
+                                     "seed": 0, "model": model}), d / "config.yaml")
     (d / "result.json").write_text(json.dumps({"stage": stage, "global_step": step}))
     (d / "model.safetensors").write_bytes(b"")
     return d
@@ -33,7 +34,7 @@ def stage_dir(root: Path, stage: str, init_from: str | Path | None, step: int, i
 def two_runs(tmp_path: Path) -> tuple[Path, Path]:
     """runs/demo (image 150, video 380, hq 200 steps, a chain) and runs/real/hq (10 steps from demo/video)."""
     demo = tmp_path / "runs" / "demo"
-    stage_dir(demo, "image", None, 150, i2v=False)
+    stage_dir(demo, "image", None, 150, video=False)
     stage_dir(demo, "video", demo / "image" / "model.safetensors", 380)
     stage_dir(demo, "hq", demo / "video" / "model.safetensors", 200)
     real = tmp_path / "runs" / "real"
@@ -43,7 +44,8 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_a_run_started_from_another_runs_weights_counts_on_from_its_step(two_runs: tuple[Path, Path]) -> None:
     demo, real = two_runs
-    refs = resolve_checkpoints([demo / "image", demo / "video", demo / "hq", real / "hq"], say=lambda _: None)
+    refs = resolve_checkpoints([demo / "image", demo / "video", demo / "hq", real / "hq"], say=lambda _: None,
+                               mode="t2v")
     assert [r.run for r in refs] == ["demo/image", "demo/video", "demo/hq", "real/hq"]
     assert [r.cumulative_step for r in refs] == [150, 530, 730, 540]  # real/hq: demo/video's 530, then 10
     assert [r.name for r in refs] == ["demo/image (inflated)", "demo/video", "demo/hq", "real/hq"]
@@ -57,11 +59,11 @@ def test_init_from_a_step_checkpoint_and_from_an_outside_file(two_runs: tuple[Pa
     other = tmp_path / "runs" / "branch"
     stage_dir(other, "hq", demo / "video" / "checkpoints" / "step=000190.ckpt", 5)
     said: list[str] = []
-    (branch,) = resolve_checkpoints(other / "hq", say=said.append)
+    (branch,) = resolve_checkpoints(other / "hq", say=said.append, mode="t2v")
     assert (branch.offset, branch.init_step, branch.cumulative_step) == (340, 190, 345)  # image 150 + video 190
     outside = tmp_path / "runs" / "ft"
     stage_dir(outside, "hq", tmp_path / "svd_xt.safetensors", 7)
-    (ft,) = resolve_checkpoints(outside / "hq", say=said.append)
+    (ft,) = resolve_checkpoints(outside / "hq", say=said.append, mode="t2v")
     assert (ft.offset, ft.cumulative_step, ft.init_run) == (0, 7, None)
     assert any("ft/hq" in line and "svd_xt.safetensors" in line and "count from 0" in line for line in said)
 
@@ -73,7 +75,7 @@ def test_relative_init_from_resolves_against_the_training_root(tmp_path: Path) -
     cfg = OmegaConf.load(d / "config.yaml")
     cfg.paths = {"output_dir": "./runs/demo/hq"}  # as `paths.root_dir=.` writes it
     OmegaConf.save(cfg, d / "config.yaml")
-    (ref,) = resolve_checkpoints(d)
+    (ref,) = resolve_checkpoints(d, mode="t2v")
     assert ref.init_run == demo / "video" and ref.cumulative_step == 120
 
 
@@ -115,7 +117,8 @@ def test_evaluating_a_run_started_from_the_smoke_chain(smoke_chain: Path, toy_ro
     real = tmp_path / "runs" / "real" / "hq"
     shutil.copytree(smoke_chain / "hq", real)
     cfg = compose_eval(base_overrides(toy_root, tmp_path / "eval", tmp_path / "cache") + [
-        f"checkpoints=[{smoke_chain}/video,{smoke_chain}/hq,{real}]", "sampler.num_steps=1", "data.num_videos=2"])
+        f"checkpoints=[{smoke_chain}/video,{smoke_chain}/hq,{real}]", "mode=t2v", "sampler.num_steps=1",
+        "data.num_videos=2"])
     results = evaluate(cfg)["results"]
     assert [r["run"] for r in results] == ["smoke/video", "smoke/hq", "real/hq"]
     assert [r["cumulative_step"] for r in results] == [8, 12, 12]  # real/hq: smoke/video's 8, then its 4
@@ -130,6 +133,6 @@ def test_a_run_started_from_its_own_export_counts_from_zero(tmp_path: Path) -> N
     d = tmp_path / "runs" / "again" / "hq"
     stage_dir(d.parent, "hq", d / "model.safetensors", 30)
     said: list[str] = []
-    (ref,) = resolve_checkpoints(d, say=said.append)
+    (ref,) = resolve_checkpoints(d, say=said.append, mode="t2v")
     assert (ref.offset, ref.cumulative_step, ref.init_run) == (0, 30, None)
     assert any("leads back to again/hq" in line for line in said)

@@ -203,12 +203,30 @@ def test_config_refuses_unknown_keys_and_needs_one_source(toy_root: Path, tmp_pa
         evaluate(compose_eval(base_overrides(toy_root, tmp_path / "out", tmp_path / "cache")))
 
 
-def test_text_to_video_mode_says_what_the_model_is() -> None:
+@pytest.mark.parametrize("task, mode, message", [
+    ("image_to_video", "t2v", r"i2v is an image-to-video model; mode=t2v .*\(evaluate it with mode=i2v\)"),
+    ("text_to_video", "i2v", r"i2v is a text-to-video model; mode=i2v .*\(evaluate it with mode=t2v\)"),
+    ("text_to_image", "t2v", "text-to-image model; .* evaluated inflated into the mode's video model"),
+    ("text_to_video", "v2v", "mode must be one of t2v, i2v"),
+])
+def test_generation_refuses_a_model_of_another_task_naming_the_mode(task: str, mode: str, message: str) -> None:
     from vldm.evaluation.generate import GenerationSettings, generate_videos
 
-    i2v = type("Module", (), {"image_to_video": True})()
-    with pytest.raises(NotImplementedError, match="image-to-video"):
-        generate_videos(i2v, None, GenerationSettings(num_frames=6, size=32, mode="t2v"), what="hq")
+    model = type("Model", (), {"task": task})()
+    with pytest.raises(ValueError, match=message):
+        generate_videos(model, None, GenerationSettings(num_frames=6, size=32, mode=mode), what="i2v")
+
+
+def test_caption_following_needs_toy_captions_and_t2v() -> None:
+    from vldm.evaluation.mode_metrics import mode_skips
+
+    toy = ["a red circle moves right slowly on a dark blue background"]
+    assert set(mode_skips("t2v", toy)) == {"psnr", "ssim"}
+    assert "no conditioning image" in mode_skips("t2v", toy)["psnr"]
+    other = mode_skips("t2v", [*toy, "a cat on a sofa"])
+    assert set(other) == {"psnr", "ssim", "caption_colour_accuracy", "caption_direction_accuracy"}
+    assert "reference caption 1 is not a toy caption" in other["caption_colour_accuracy"]
+    assert mode_skips("i2v", ["a cat on a sofa"]) == {}
 
 
 def test_reference_clips_are_the_first_n_in_file_order(toy_root: Path) -> None:
@@ -222,21 +240,24 @@ def test_reference_clips_are_the_first_n_in_file_order(toy_root: Path) -> None:
 # --------------------------------------------------------------------------- checkpoints
 @pytest.fixture
 def chain(smoke_chain: Path) -> Path:
-    """The four smoke stages (4 steps each): the session's smoke chain."""
+    """The five smoke stages (4 steps each): the session's smoke chain."""
     return smoke_chain
 
 
 @pytest.mark.slow
 def test_evaluating_the_smoke_chain(chain: Path, toy_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """image (inflated), video and hq of a 4-step chain: table, plots, protocol fields; the reference
-    statistics are cached by the first run and reused by `python -m vldm.evaluation` after it."""
+    """mode=i2v: image (inflated into the i2v model) and i2v of a 4-step chain, the t2v stages skipped: table,
+    plots, protocol fields; the reference statistics are cached by the first run and reused by
+    `python -m vldm.evaluation` after it."""
     cache, out = tmp_path / "cache", tmp_path / "eval"
-    cfg = compose_eval(base_overrides(toy_root, out, cache) + [f"checkpoints={chain}", "sampler.num_steps=2"])
+    cfg = compose_eval(base_overrides(toy_root, out, cache) + [f"checkpoints={chain}", "mode=i2v",
+                                                                "sampler.num_steps=2"])
     results = evaluate(cfg)["results"]
     said = capsys.readouterr().out
     assert "skipping autoencoder" in said and "reference stats: computed and cached" in said
-    assert [r["name"] for r in results] == ["image (inflated)", "video", "hq"]
-    assert [r["cumulative_step"] for r in results] == [4, 8, 12]
+    assert "skipping video (text-to-video stage: mode=t2v evaluates it)" in said and "skipping hq" in said
+    assert [r["name"] for r in results] == ["image (inflated)", "i2v"]
+    assert [r["cumulative_step"] for r in results] == [4, 16]
     for r in results:
         assert set(r["metrics"]) == {"frpd", "psnr", "ssim", "motion", "motion_ratio", "motion_w1", "flicker",
                                      "warping_error"}
@@ -249,15 +270,15 @@ def test_evaluating_the_smoke_chain(chain: Path, toy_root: Path, tmp_path: Path,
             assert p["num_frames"] == (16 if m is r["metrics"]["frpd"] else 6)
         assert "mostly noise" in r["metrics"]["frpd"]["warning"]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [row["name"] for row in rows] == ["image (inflated)", "video", "hq"]
-    assert [row["stage"] for row in rows] == ["image", "video", "hq"]
+    assert [row["name"] for row in rows] == ["image (inflated)", "i2v"]
+    assert [row["stage"] for row in rows] == ["image", "i2v"]
     plots = {p.name for p in (out / "plots").glob("*.png")}
     assert plots == {f"{m}.png" for m in results[0]["metrics"]} | {"overview.png"}
     assert all((out / "plots" / p).stat().st_size > 5000 for p in plots)
     (cached,) = cache.glob("*.npz")
     mtime = cached.stat().st_mtime_ns
 
-    proc = subprocess.run([sys.executable, "-m", "vldm.evaluation", f"checkpoints={chain}/hq",
+    proc = subprocess.run([sys.executable, "-m", "vldm.evaluation", f"checkpoints={chain}/i2v", "mode=i2v",
                            *base_overrides(toy_root, tmp_path / "again", cache), "sampler.num_steps=2",
                            "save_videos=true"],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -266,13 +287,13 @@ def test_evaluating_the_smoke_chain(chain: Path, toy_root: Path, tmp_path: Path,
     assert f"reference stats: cached {cached}" in proc.stdout
     assert cached.stat().st_mtime_ns == mtime
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())["checkpoints"]
-    assert [r["name"] for r in again] == ["hq"]
-    for name, m in results[2]["metrics"].items():  # same seeds, same videos, same numbers (up to float
+    assert [r["name"] for r in again] == ["i2v"]
+    for name, m in results[1]["metrics"].items():  # same seeds, same videos, same numbers (up to float
         # rounding between processes, which can move a uint8 pixel by one)
         assert again[0]["metrics"][name]["value"] == pytest.approx(m["value"], rel=1e-3, abs=1e-6), name
 
     # the saved mp4s, scored in folder mode, pair with the reference clips by name (mp4 is lossy: close, not equal)
-    saved = sorted((tmp_path / "again" / "hq" / "videos").glob("*.mp4"))
+    saved = sorted((tmp_path / "again" / "i2v" / "videos").glob("*.mp4"))
     assert [p.name for p in saved] == [f"{i:05d}_seed{i}.mp4" for i in range(4)]
     folder = evaluate(compose_eval(base_overrides(toy_root, tmp_path / "folder", cache) +
                                    [f"videos={saved[0].parent}"]))["results"][0]["metrics"]
@@ -281,11 +302,67 @@ def test_evaluating_the_smoke_chain(chain: Path, toy_root: Path, tmp_path: Path,
 
 
 @pytest.mark.slow
+def test_evaluating_the_smoke_chain_text_to_video(chain: Path, toy_root: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """mode=t2v: image (inflated into the t2v model), video and hq from the toy captions, the i2v stage skipped;
+    caption following on the toy captions, frame-0 fidelity skipped with its reason; table and plots."""
+    out = tmp_path / "eval"
+    cfg = compose_eval(base_overrides(toy_root, out, tmp_path / "cache") + [f"checkpoints={chain}", "mode=t2v",
+                                                                             "sampler.num_steps=2"])
+    results = evaluate(cfg)["results"]
+    said = capsys.readouterr().out
+    assert "skipping i2v (image-to-video stage: mode=i2v evaluates it)" in said
+    assert [r["name"] for r in results] == ["image (inflated)", "video", "hq"]
+    assert [r["cumulative_step"] for r in results] == [4, 8, 12]
+    for r in results:
+        assert r["mode"] == "t2v"
+        assert set(r["metrics"]) == {"frpd", "motion", "motion_ratio", "motion_w1", "flicker", "warping_error",
+                                     "caption_colour_accuracy", "caption_direction_accuracy"}
+        assert set(r["skipped"]) == {"fvd", "fid", "clip_score", "clip_temporal", "psnr", "ssim"}
+        assert "no conditioning image" in r["skipped"]["psnr"]
+        for name in ("caption_colour_accuracy", "caption_direction_accuracy"):
+            m = r["metrics"][name]
+            assert m["higher_is_better"] is True and m["value"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+            assert len(r["per_video"][name]) == 4
+        extra = r["metrics"]["frpd"]["protocol"]["extra"]
+        assert extra["mode"] == "t2v" and "cond_aug" not in extra
+        assert extra["sampler"]["min_guidance"] == extra["sampler"]["max_guidance"]  # t2v: constant guidance
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [row["stage"] for row in rows] == ["image", "video", "hq"]
+    assert all(0.0 <= float(row["caption_colour_accuracy"]) <= 1.0 for row in rows)
+    plots = {p.name for p in (out / "plots").glob("*.png")}
+    assert {"caption_colour_accuracy.png", "caption_direction_accuracy.png", "overview.png"} <= plots
+    assert "psnr.png" not in plots
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["config"]["mode"] == "t2v" and [r["name"] for r in written["checkpoints"]] == ["image (inflated)",
+                                                                                                   "video", "hq"]
+
+
+@pytest.mark.slow
+def test_a_t2v_video_is_the_samplers_video_for_its_caption_and_seed(chain: Path, toy_root: Path) -> None:
+    from vldm.evaluation.checkpoints import load_checkpoint, resolve_checkpoints
+    from vldm.evaluation.generate import GenerationSettings, generate_videos, sampler_config
+    from vldm.sampling.pipeline import LatentDiffusionSampler
+    from vldm.video.pixels import tensor_to_frames
+
+    module, _ = load_checkpoint(resolve_checkpoints(chain / "hq", mode="t2v")[0])
+    clips = load_reference_clips(f"{toy_root}/videos/val-*.tar", 2, 6, 32)
+    settings = GenerationSettings(num_frames=6, size=32, base_seed=5, mode="t2v", sampler={"num_steps": 1},
+                                  progress=False)
+    _, videos = generate_videos(module, clips, settings)
+    direct = LatentDiffusionSampler.from_model(module).text_to_video(
+        clips.captions[1:2], 6, 32, 32, fps_id=int(clips.fps[1]) - 1, motion_bucket_id=clips.motion_bucket_ids[1],
+        cfg=sampler_config(module, {"num_steps": 1}), seed=[6])
+    assert np.abs(tensor_to_frames(direct[0]).astype(np.int16) - videos[1]).max() <= 1
+    assert not np.array_equal(videos[0], videos[1])
+
+
+@pytest.mark.slow
 def test_generated_videos_do_not_depend_on_the_number_of_ranks(chain: Path, toy_root: Path) -> None:
     from vldm.evaluation.checkpoints import load_checkpoint, resolve_checkpoints
     from vldm.evaluation.generate import GenerationSettings, generate_videos
 
-    module, _ = load_checkpoint(resolve_checkpoints(chain / "video")[0])
+    module, _ = load_checkpoint(resolve_checkpoints(chain / "i2v", mode="i2v")[0])
     clips = load_reference_clips(f"{toy_root}/videos/val-*.tar", 3, 6, 32)
     settings = GenerationSettings(num_frames=6, size=32, base_seed=5, sampler={"num_steps": 1}, progress=False)
     idx, alone = generate_videos(module, clips, settings)

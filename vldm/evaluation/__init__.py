@@ -1,6 +1,6 @@
 """Evaluation of generated videos and of training checkpoints.
 
-Entry point: ``python -m vldm.evaluation checkpoints=runs/demo data.shards=...`` (``configs/evaluate.yaml``).
+Entry point: ``python -m vldm.evaluation checkpoints=runs/demo [mode=t2v] data.shards=...`` (``configs/evaluate.yaml``).
 
 Submodules (import them directly; this package imports nothing heavy):
 
@@ -16,7 +16,9 @@ Submodules (import them directly; this package imports nothing heavy):
 - :mod:`vldm.evaluation.temporal` -- conditioning fidelity, motion vs the reference, flicker,
   flow-warping error.
 - :mod:`vldm.evaluation.protocol` -- what a number was measured on; too-few-videos warnings.
-- :mod:`vldm.evaluation.checkpoints` -- which checkpoints to evaluate; loading them (image stage inflated).
+- :mod:`vldm.evaluation.checkpoints` -- which checkpoints to evaluate for a mode (t2v / i2v); loading them
+  (image stage inflated).
+- :mod:`vldm.evaluation.mode_metrics` -- which metrics a mode computes (frame-0 fidelity, caption following).
 - :mod:`vldm.evaluation.reference` -- reference clips and their cached feature statistics.
 - :mod:`vldm.evaluation.generate` -- evaluation videos with fixed per-video seeds.
 - :mod:`vldm.evaluation.ranks` -- torch.distributed sharding, gathering and reduction.

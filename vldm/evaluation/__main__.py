@@ -1,4 +1,5 @@
-"""Evaluate checkpoints: `python -m vldm.evaluation checkpoints=runs/demo data.shards='data/toy/videos/val-*.tar'`.
+"""Evaluate checkpoints: `python -m vldm.evaluation checkpoints=runs/demo data.shards='data/toy/videos/val-*.tar'`
+(the image-to-video stages; `mode=t2v`: the text-to-video ones).
 
 Folder mode: `python -m vldm.evaluation videos=DIR data.shards=...`. See configs/evaluate.yaml.
 Several GPUs: `torchrun --nproc_per_node=N -m vldm.evaluation ...` (each rank makes its share of the videos).

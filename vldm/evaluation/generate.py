@@ -1,9 +1,10 @@
 """Generate evaluation videos from a checkpoint: one per reference clip, with fixed seeds.
 
-Image-to-video (SVD): video ``i`` is conditioned on reference clip ``i``'s first frame, its fps
-and motion bucket (or fixed ones from the settings), and sampled with seed ``base_seed + i``
-through the same call as ``sample.py`` (one clip per sampler call), so every video is the one
-``sample.py`` gives for that image and seed, whatever the number of ranks.
+Image-to-video (``mode=i2v``, SVD): video ``i`` is conditioned on reference clip ``i``'s first
+frame; text-to-video (``mode=t2v``, the base model): on its caption. Both take the clip's fps and
+motion bucket (or fixed ones from the settings) and sample with seed ``base_seed + i`` (one seed per
+clip), so every video is the one a single-clip sampler call gives for that input and seed, whatever
+the batch or the number of ranks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class GenerationSettings:
 
     ``num_frames``, ``size``: the clip length and resolution (an int: square, or ``(height, width)``),
     as the reference clips.
-    ``fps`` / ``motion_bucket_id``: ``None`` takes each reference clip's. ``sampler``: overrides of
+    ``mode``: ``i2v`` (from each clip's first frame) or ``t2v`` (from its caption).
+    ``fps`` / ``motion_bucket_id``: ``None`` takes each reference clip's. ``cond_aug``: i2v only.
+    ``sampler``: overrides of
     the checkpoint's sampler preset (:class:`vldm.sampling.pipeline.SamplerConfig` fields).
     ``video_dir``: also write each video as ``<video_dir>/<index>_seed<seed>.mp4``. ``batch_size``:
     videos per sampler call (each with its own seed, so batching does not change them).
@@ -56,16 +59,36 @@ class GenerationSettings:
 
 
 def _check_mode(model: LatentDiffusion, mode: str, what: str) -> None:
-    if mode == "i2v":
-        if not getattr(model, "image_to_video", False):
-            raise ValueError(f"{what} is a text-to-image model; image-to-video evaluation needs a video model "
-                             f"(image stages are evaluated inflated into the video model)")
+    """Refuse a model whose task is not the mode's, naming the mode (or the inflation) that fits it."""
+    from vldm.evaluation.checkpoints import MODE_TASKS, TASK_MODES, check_mode, task_words
+
+    want, task = MODE_TASKS[check_mode(mode)], model.task
+    if task == want:
         return
-    if mode == "t2v":
-        kind = "image-to-video" if getattr(model, "image_to_video", False) else "text-to-image"
-        raise NotImplementedError(f"text-to-video evaluation needs a text-conditioned video model; {what} is "
-                                  f"{kind} (the SVD recipe's video stages are image-to-video: use mode=i2v)")
-    raise ValueError(f"mode must be 'i2v' or 't2v', got {mode!r}")
+    fix = ("image stages are evaluated inflated into the mode's video model: give the stage run dir or run root"
+           if task == "text_to_image" else f"evaluate it with mode={TASK_MODES[task]}")
+    raise ValueError(f"{what} is {task_words(task, True)} model; mode={mode} generates with {task_words(want)} "
+                     f"models ({fix})")
+
+
+def _sample_batch(sampler: Any, clips: Any, chosen: list[int], settings: GenerationSettings, cfg: Any,
+                  device: torch.device) -> tuple[torch.Tensor, list[float]]:
+    """Videos ``(b, t, 3, h, w)`` for reference clips ``chosen`` (see the module doc), and their fps."""
+    fps = [settings.fps if settings.fps is not None else clips.fps[i] for i in chosen]
+    buckets = [settings.motion_bucket_id if settings.motion_bucket_id is not None else clips.motion_bucket_ids[i]
+               for i in chosen]
+    fps_id = torch.tensor([max(int(round(f)) - 1, 0) for f in fps])
+    bucket = torch.tensor([int(b) for b in buckets])
+    seeds = [settings.seed(i) for i in chosen]
+    if settings.mode == "t2v":
+        h, w = settings.size
+        video = sampler.text_to_video([clips.captions[i] for i in chosen], settings.num_frames, h, w,
+                                      fps_id=fps_id, motion_bucket_id=bucket, cfg=cfg, seed=seeds)
+        return video, fps
+    image = frames_to_tensor(clips.videos[chosen, 0])
+    video = sampler.image_to_video(image.to(device), settings.num_frames, fps_id=fps_id, motion_bucket_id=bucket,
+                                   cond_aug=settings.cond_aug, cfg=cfg, seed=seeds)
+    return video, fps
 
 
 def sampler_config(model: LatentDiffusion, overrides: dict[str, Any]):
@@ -103,14 +126,7 @@ def generate_videos(model: LatentDiffusion, clips: Any, settings: GenerationSett
     bar = tqdm(batches, desc=f"generate {what}", disable=not settings.progress or rank != 0, leave=False)
     for rows in bar:
         chosen = [indices[j] for j in rows]
-        image = frames_to_tensor(clips.videos[chosen, 0])
-        fps = [settings.fps if settings.fps is not None else clips.fps[i] for i in chosen]
-        buckets = [settings.motion_bucket_id if settings.motion_bucket_id is not None else clips.motion_bucket_ids[i]
-                   for i in chosen]
-        video = sampler.image_to_video(image.to(device), settings.num_frames,
-                                       fps_id=torch.tensor([max(int(round(f)) - 1, 0) for f in fps]),
-                                       motion_bucket_id=torch.tensor([int(b) for b in buckets]),
-                                       cond_aug=settings.cond_aug, cfg=cfg, seed=[settings.seed(i) for i in chosen])
+        video, fps = _sample_batch(sampler, clips, chosen, settings, cfg, device)
         for k, (j, i) in enumerate(zip(rows, chosen)):
             out[j] = tensor_to_frames(video[k])
             if settings.video_dir is not None:

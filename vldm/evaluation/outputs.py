@@ -2,7 +2,7 @@
 
 A result is one checkpoint's record (see :func:`vldm.evaluation.run.evaluate`)::
 
-    {"name": "video", "run": "demo/video", "stage": "video", "step": 380, "cumulative_step": 530, ...,
+    {"name": "video", "mode": "t2v", "run": "demo/video", "stage": "video", "step": 380, "cumulative_step": 530, ...,
      "metrics": {"frpd": {"value": 1.2, "higher_is_better": false, "protocol": {...}, "warning": None}, ...},
      "skipped": {"fvd": "metrics.fvd.weights not set"}}
 """
@@ -195,8 +195,10 @@ def write_plots(plot_dir: Path, results: list[dict[str, Any]]) -> dict[str, Path
 def _protocol_line(proto: dict[str, Any]) -> str:
     if not proto:
         return ""
-    return (f"{proto.get('num_videos')} videos x {proto.get('num_frames')} frames, {proto.get('resolution')}px, "
-            f"{proto.get('fps')} fps, seeds {proto.get('seeds')}, features {proto.get('feature_net')}")
+    mode = (proto.get("extra") or {}).get("mode")
+    return (f"{f'mode={mode}: ' if mode else ''}{proto.get('num_videos')} videos x {proto.get('num_frames')} frames, "
+            f"{proto.get('resolution')}px, {proto.get('fps')} fps, seeds {proto.get('seeds')}, "
+            f"features {proto.get('feature_net')}")
 
 
 def log_wandb(out_dir: Path, results: list[dict[str, Any]], plots: dict[str, Path], project: str = "vldm-eval",

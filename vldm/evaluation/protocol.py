@@ -29,6 +29,8 @@ MIN_COUNTS: dict[str, int] = {
     "ssim": 16,
     "flicker": 16,
     "warping_error": 16,
+    "caption_colour_accuracy": 16,
+    "caption_direction_accuracy": 16,
 }
 
 # What published numbers use, quoted in the warning.
@@ -38,7 +40,9 @@ PUBLISHED_COUNTS: dict[str, str] = {
 }
 
 DISPLAY_NAMES: dict[str, str] = {"fvd": "FVD", "fid": "FID", "frpd": "FRPD", "clip_score": "CLIP score",
-                                 "clip_temporal": "CLIP temporal consistency"}
+                                 "clip_temporal": "CLIP temporal consistency",
+                                 "caption_colour_accuracy": "caption colour accuracy",
+                                 "caption_direction_accuracy": "caption direction accuracy"}
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ fixed seeds (:mod:`vldm.evaluation.generate`), score them, and write ``metrics.j
 feature statistics are all-reduced and per-video numbers gathered (:mod:`vldm.evaluation.ranks`), so
 the numbers do not depend on the number of ranks.
 
-Metrics: weight-free ones always (conditioning fidelity, motion vs the reference distribution,
-flicker, flow-warping error, FRPD); FVD / FID / CLIP only when their weights are configured (a
+Metrics: weight-free ones always (motion vs the reference distribution, flicker, flow-warping error,
+FRPD; frame-0 fidelity in ``mode=i2v``, caption following on toy captions in ``mode=t2v``:
+:mod:`vldm.evaluation.mode_metrics`); FVD / FID / CLIP only when their weights are configured (a
 configured but absent file is an error naming the file and where it is published).
 """
 
@@ -27,9 +28,12 @@ from vldm.data.frames import frame_size, size_record
 from vldm.evaluation.protocol import EvalProtocol, count_warning
 
 LOWER_IS_BETTER = ("fvd", "fid", "frpd", "motion_w1", "flicker", "warping_error")
-HIGHER_IS_BETTER = ("clip_score", "clip_temporal", "psnr", "ssim")
+HIGHER_IS_BETTER = ("clip_score", "clip_temporal", "psnr", "ssim", "caption_colour_accuracy",
+                    "caption_direction_accuracy")
 PER_VIDEO_FEATURES = {"psnr": "none (frame 0 vs conditioning image)", "ssim": "none (frame 0 vs conditioning image)",
-                      "flicker": "none (4x4 luma block means)", "warping_error": "flow-dis (Lai et al. 2018)"}
+                      "flicker": "none (4x4 luma block means)", "warping_error": "flow-dis (Lai et al. 2018)",
+                      "caption_colour_accuracy": "none (toy shape colour vs the caption's)",
+                      "caption_direction_accuracy": "none (toy shape centroid track vs the caption's direction)"}
 
 
 @dataclass
@@ -44,7 +48,17 @@ class MetricSuite:
     fidelity: bool = True
     flicker: bool = True
     warping: bool = True
+    caption_following: bool = False
     skipped: dict[str, str] = field(default_factory=dict)
+
+    def for_mode(self, mode: str, captions: Sequence[str]) -> MetricSuite:
+        """This suite less the metrics ``mode`` does not compute on ``captions`` (named in ``skipped``)."""
+        from vldm.evaluation.mode_metrics import CAPTION_METRICS, mode_skips
+
+        skips = mode_skips(mode, captions)
+        return replace(self, fidelity=self.fidelity and "psnr" not in skips,
+                       caption_following=mode == "t2v" and not any(m in skips for m in CAPTION_METRICS),
+                       skipped={**self.skipped, **skips})
 
     def distribution_nets(self) -> dict[str, Any]:
         return {k: v for k, v in (("fvd", self.fvd), ("fid", self.fid), ("frpd", self.frpd)) if v is not None}
@@ -140,6 +154,10 @@ def per_video_scores(suite: MetricSuite, videos: np.ndarray, indices: list[int],
         return out
     if suite.fidelity and paired:
         out.update(temporal.conditioning_fidelity(videos, clips.first_frames[indices]))
+    if suite.caption_following and paired:
+        from vldm.evaluation.mode_metrics import caption_scores
+
+        out.update(caption_scores(videos, [clips.captions[i] for i in indices]))
     if suite.motion is not None:
         out["motion"] = temporal.motion_scores(videos, fps, suite.motion["protocol"], suite.motion["sample_fps"])
     if suite.flicker:
@@ -296,6 +314,7 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
     size = frame_size(cfg.data.size or train_cfg.data.size)
     check_frames(suite, num_frames)
     clips = refs.clips(num_frames, size)
+    suite = suite.for_mode(str(cfg.mode), clips.captions)
     video_dir = Path(cfg.out_dir) / _slug(ref.name) / "videos" if cfg.save_videos else None
     settings = GenerationSettings(num_frames=num_frames, size=size, base_seed=int(cfg.seed), mode=str(cfg.mode),
                                   fps=cfg.fps, motion_bucket_id=cfg.motion_bucket_id, cond_aug=float(cfg.cond_aug),
@@ -309,11 +328,11 @@ def evaluate_checkpoint(ref: Any, cfg: DictConfig, suite: MetricSuite, refs: Ref
         torch.cuda.empty_cache()
     fps = [float(settings.fps if settings.fps is not None else clips.fps[i]) for i in indices]
     extra = {"checkpoint": ref.name, "weights": str(ref.weights_path), "mode": settings.mode,
-             "cond_aug": settings.cond_aug, "fps_setting": _or_clips(settings.fps),
+             **({"cond_aug": settings.cond_aug} if settings.mode == "i2v" else {}), "fps_setting": _or_clips(settings.fps),
              "motion_bucket_id": _or_clips(settings.motion_bucket_id),
              "sampler": {k: v for k, v in sampler.items() if k != "progress"}}
     metrics, per_video = score(suite, refs, clips, indices, videos, fps, True, settings.seeds_text(len(clips)), extra)
-    return {"name": ref.name, "run": ref.run, "stage": ref.stage, "step": ref.step,
+    return {"name": ref.name, "mode": settings.mode, "run": ref.run, "stage": ref.stage, "step": ref.step,
             "cumulative_step": ref.cumulative_step, "offset": ref.offset,
             "init_run_dir": None if ref.init_run is None else str(ref.init_run), "init_step": ref.init_step,
             "kind": ref.kind, "inflated": ref.inflated, "weights": str(ref.weights_path), "run_dir": str(ref.run_dir),
@@ -404,7 +423,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns ``{"results": [one record per checkpoint / folder], "paths": {what: Path}, "warnings": [...]}``
     (paths on rank 0 only).
     """
-    from vldm.evaluation.checkpoints import resolve_checkpoints
+    from vldm.evaluation.checkpoints import check_mode, resolve_checkpoints
     from vldm.evaluation.outputs import write_outputs
     from vldm.evaluation.ranks import barrier
     from vldm.utils.distributed import process_group_rank_world
@@ -418,6 +437,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if bool(cfg.checkpoints) == bool(cfg.videos):
         raise ValueError("give either checkpoints=RUN (a run root, stage run dir, weights file or a list) or "
                          "videos=DIR (a folder of generated videos), not both / neither")
+    check_mode(str(cfg.mode))
     device = resolve_device(cfg.device)
     suite = build_metrics(cfg, str(device), say)
     refs = ReferenceCache(OmegaConf.to_container(cfg.data.shards, resolve=True) if OmegaConf.is_list(cfg.data.shards)
@@ -428,7 +448,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         spec = OmegaConf.to_container(cfg.checkpoints, resolve=True) if OmegaConf.is_list(cfg.checkpoints) \
             else str(cfg.checkpoints)
-        checkpoints = resolve_checkpoints(spec, str(cfg.every), cfg.video_config, say)
+        checkpoints = resolve_checkpoints(spec, str(cfg.every), cfg.video_config, say, mode=str(cfg.mode))
         say(f"[vldm] eval: {len(checkpoints)} checkpoint(s): {', '.join(c.name for c in checkpoints)}")
         for ref in checkpoints:
             results.append(evaluate_checkpoint(ref, cfg, suite, refs, device, rank, world))
