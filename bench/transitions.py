@@ -211,8 +211,9 @@ def scene_motion(rng: np.random.Generator) -> Motion:
                   blobs=int(rng.integers(1, 4)), blob_speed=float(rng.uniform(1, 4)))
 
 
-def make_dissolves(root: Path, count: int, seed: int) -> list[Case]:
-    """``count`` videos of two scenes joined by xfade dissolves of 0.3-1.5 s (module doc)."""
+def make_dissolves(root: Path, count: int, seed: int, only: set[int] | None = None) -> list[Case]:
+    """``count`` videos of two scenes joined by xfade dissolves of 0.3-1.5 s (module doc); ``only``: the
+    indices of the videos to write (the others are drawn, not rendered, so each video stays the same)."""
     rng = np.random.default_rng(seed)
     cases = []
     for i in range(count):
@@ -220,8 +221,11 @@ def make_dissolves(root: Path, count: int, seed: int) -> list[Case]:
         blend = int(round(rng.uniform(0.3, 1.5) * fps))
         len_a, len_b = int(rng.uniform(1.5, 2.5) * fps) + blend, int(rng.uniform(1.5, 2.5) * fps)
         sa, sb = seed * 1000 + 2 * i, seed * 1000 + 2 * i + 1
-        a = render_scene(sa, len_a, width, height, scene_motion(rng))
-        b = render_scene(sb, len_b, width, height, scene_motion(rng), similar_to=sa if i % 3 == 0 else None)
+        motion_a, motion_b = scene_motion(rng), scene_motion(rng)
+        if only is not None and i not in only:
+            continue
+        a = render_scene(sa, len_a, width, height, motion_a)
+        b = render_scene(sb, len_b, width, height, motion_b, similar_to=sa if i % 3 == 0 else None)
         path = root / f"dissolve_{i:03d}.mp4"
         truth = write_dissolve(path, a, b, fps, blend / fps)
         cases.append(Case(path, "similar colours" if i % 3 == 0 else "dissolve", fps, truth, (len_a + len_b - blend) / fps))

@@ -22,7 +22,10 @@ where a pan or fast motion keeps all of it.
 * **validation (fine)**, best candidate first, at the full frame rate: a clamped linear ramp
   fitted to the blend weights between ends just outside the candidate, the ends moved out to a
   quarter of its length and refitted until they stay (:func:`locate`); then the span whose
-  blend model best explains the detail energy near it (:func:`refine`). It is a dissolve when the
+  blend model best explains the detail energy near it (:func:`refine`); then the clamped ramp of
+  the 2 x 2 block-mean colours around that span (:func:`colour_ramp`: a blend mixes them
+  linearly, and they barely move with the scenes' motion), whose ends are tried first, those of
+  the detail energy next (alone when the colours change too little). It is a dissolve when the
   ends differ (``dissolve_end_change``, and ``dissolve_end_context`` x what either scene changes
   by itself over the same distance), the weights follow the straight ramp (RMS <=
   ``dissolve_max_ramp_error``), the relative fit is >= ``dissolve_min_fit``, the middle keeps at
@@ -44,6 +47,8 @@ import numpy as np
 
 MAX_DISSOLVE_FRAMES: int = 120  # every transition stays under the 128-frame overlap of streamed windows
 CANDIDATE_SLACK: float = 1.25  # candidates may keep this much more detail than a validated dissolve
+COLOUR_GRID: int = 2  # blocks per side of the block-mean colours that place a dissolve's ends
+COLOUR_MIN_CHANGE: float = 4.0  # RMS change of those colours (levels) below which the detail energy places them
 
 
 class DissolveFrames(Protocol):
@@ -70,6 +75,7 @@ class Thumbnails:
         self.fr, self.frames, self.size, self.step = fr, fr.frames, size, step
         self._z: dict[int, tuple[np.ndarray, float]] = {}
         self._energy: dict[int, tuple[float, float]] = {}
+        self._colour: dict[int, np.ndarray] = {}
 
     def _make(self, i: int) -> tuple[np.ndarray, float]:
         v = small_frame(self.fr.cheap(i), self.size).astype(np.float32)
@@ -101,6 +107,13 @@ class Thumbnails:
             grad = float(np.vdot(dy, dy)) / dy.size + float(np.vdot(dx, dx)) / dx.size
             self._energy[i] = grad, float(g.mean())
         return self._energy[i]
+
+    def colour(self, i: int) -> np.ndarray:
+        """Mean colour of each of :data:`COLOUR_GRID` x :data:`COLOUR_GRID` blocks of frame ``i`` (cheap size), flattened."""
+        if i not in self._colour:
+            grid = (COLOUR_GRID, COLOUR_GRID)
+            self._colour[i] = cv2.resize(self.fr.cheap(i), grid, interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+        return self._colour[i]
 
     def energy(self, i: int) -> float:
         """Frame ``i``'s squared gradient over its mean luma squared: fine detail, which a blend of two
@@ -247,6 +260,27 @@ def refine(th: Thumbnails, p0: int, q0: int) -> tuple[int, int]:
     return best
 
 
+def colour_ramp(th: Thumbnails, p0: int, q0: int) -> tuple[int, int] | None:
+    """``(p, q)``: the clamped ramp of the block-mean colours (:meth:`Thumbnails.colour`) around ``(p0, q0)``.
+
+    A blend mixes the colours linearly, and block means barely move with the scenes' motion or
+    detail: each frame's colours are projected on the change between the first and the last three
+    frames of a window half the span wider on each side, and :func:`ramp_fit` places the ends.
+    None when those colours change by less than :data:`COLOUR_MIN_CHANGE` (RMS, levels).
+    """
+    n = len(th.frames)
+    pad = max(3, (q0 - p0) // 2)
+    left, right = max(0, p0 - pad), min(n - 1, q0 + pad)
+    c = np.stack([th.colour(i) for i in range(left, right + 1)])
+    c_s, c_e = np.median(c[:3], 0), np.median(c[-3:], 0)
+    d = c_e - c_s
+    change = float(d @ d)
+    if change < COLOUR_MIN_CHANGE**2 * len(d):
+        return None
+    p, q, _ = ramp_fit((c - c_s) @ d / change, 2)
+    return p + left, q + left
+
+
 def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
     """What validates a dissolve of the frames strictly between ``p`` and ``q`` (module doc).
 
@@ -268,18 +302,28 @@ def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
             "energy_ratio": float(np.mean(ratios))}
 
 
+def _accepts(ev: dict[str, float], cfg: "DissolveConfig") -> bool:
+    """Whether :func:`evidence` meets the dissolve thresholds of ``cfg``."""
+    return (ev["end_change"] >= cfg.dissolve_end_change and ev["end_context"] >= cfg.dissolve_end_context
+            and ev["ramp_error"] <= cfg.dissolve_max_ramp_error and ev["fit"] >= cfg.dissolve_min_fit
+            and ev["energy_ratio"] <= cfg.dissolve_max_energy_ratio)
+
+
 def validate(th: Thumbnails, cfg: "DissolveConfig", fps: float, s: int, e: int) -> tuple[int, int, float] | None:
-    """The dissolve around candidate ends ``s < e`` as ``(start, end, score)``, or None (module doc)."""
+    """The dissolve around candidate ends ``s < e`` as ``(start, end, score)``, or None (module doc).
+
+    The ends placed by the block-mean colours are tried first, then those of the detail energy.
+    """
     least, most = _limits(cfg, fps)
-    p, q = refine(th, *locate(th, s, e, most))
-    if not least <= q - p - 1 <= most:
-        return None
-    ev = evidence(th, p, q)
-    if (ev["end_change"] < cfg.dissolve_end_change or ev["end_context"] < cfg.dissolve_end_context
-            or ev["ramp_error"] > cfg.dissolve_max_ramp_error
-            or ev["fit"] < cfg.dissolve_min_fit or ev["energy_ratio"] > cfg.dissolve_max_energy_ratio):
-        return None
-    return p + 1, q - 1, ev["fit"]
+    by_energy = refine(th, *locate(th, s, e, most))
+    by_colour = colour_ramp(th, *by_energy)
+    spans = [by_energy] if by_colour in (None, by_energy) else [by_colour, by_energy]
+    for p, q in spans:
+        if least <= q - p - 1 <= most:
+            ev = evidence(th, p, q)
+            if _accepts(ev, cfg):
+                return p + 1, q - 1, ev["fit"]
+    return None
 
 
 def candidates(th: Thumbnails, cfg: "DissolveConfig", fps: float) -> list[tuple[float, int, int]]:
