@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python train.py -m experiment=toy paths.data_dir=$(DATA) stage=autoencoder,image,video,hq
 	$(BIN)/python train.py experiment=toy paths.data_dir=$(DATA) paths.curated_dir=$(CURATED) stage=i2v data=curated_hq
 	$(BIN)/python sample.py checkpoint=$(RUN_ROOT)/i2v image=$(DATA)/first_frames limit=4 output_dir=$(RUN_ROOT)/samples overwrite=true
+	$(BIN)/python sample.py checkpoint=$(RUN_ROOT)/hq prompt="a red circle moving right" output_dir=$(RUN_ROOT)/samples overwrite=true
 	$(BIN)/python -m vldm.jobs.toy_check --checkpoint $(RUN_ROOT)/i2v --data $(DATA) --out $(RUN_ROOT)/toy_check.json
 	$(BIN)/python -m vldm.jobs.t2v_check --checkpoint $(RUN_ROOT)/hq --out $(RUN_ROOT)/t2v_check.json
 	$(BIN)/python -m vldm.jobs.demo_summary $(RUN_ROOT) --curated $(CURATED)

@@ -42,7 +42,8 @@ def assert_full_size_svd_on_meta(module) -> None:
 
 TOY_IMAGE_UNET = {"in_channels": 4, "model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                   "context_dim": 64, "video": False, "adm_in_channels": None}
-TOY_VIDEO_UNET = {**TOY_IMAGE_UNET, "in_channels": 8, "video": True, "adm_in_channels": 96}
+TOY_VIDEO_UNET = {**TOY_IMAGE_UNET, "video": True, "adm_in_channels": 64}
+TOY_I2V_UNET = {**TOY_IMAGE_UNET, "in_channels": 8, "video": True, "adm_in_channels": 96}
 TOY_DATA = "/toy"
 TOY_CASES = {  # what each `make demo` command resolves to
     "autoencoder": dict(
@@ -60,12 +61,12 @@ TOY_CASES = {  # what each `make demo` command resolves to
     "hq": dict(
         overrides=["stage=hq"], model="vldm.training.module.DiffusionModule", network=TOY_VIDEO_UNET,
         data=("video", "/toy/videos/train-*.tar", "/toy/videos/val-*.tar", 8, 6, {"kind": "clean"}),
-        steps=(200, 100, 200), init=("/r/runs/demo/video/model.safetensors", "full")),
-    "hq curated": dict(
-        overrides=["paths.curated_dir=/curated", "stage=hq", "data=curated_hq"],
-        model="vldm.training.module.DiffusionModule", network=TOY_VIDEO_UNET,
+        steps=(100, 50, 100), init=("/r/runs/demo/video/model.safetensors", "full")),
+    "i2v curated": dict(
+        overrides=["paths.curated_dir=/curated", "stage=i2v", "data=curated_hq"],
+        model="vldm.training.module.DiffusionModule", network=TOY_I2V_UNET,
         data=("video", "/curated/shards/clips-*.tar", "/curated/heldout/heldout-*.tar", 8, 6, None),  # base_filter
-        steps=(200, 100, 200), init=("/r/runs/demo/video/model.safetensors", "full")),
+        steps=(400, 200, 400), init=("/r/runs/demo/hq/model.safetensors", "i2v")),
 }
 
 

@@ -71,7 +71,7 @@ def test_one_latent_shard_per_video_shard_with_every_clip(cached: Path, toy_root
     manifest = json.loads((cached / MANIFEST).read_text())
     assert manifest["fingerprint"] == fingerprint(module)
     assert (manifest["num_frames"], manifest["size"], manifest["store"]) == (6, 32, "posterior")
-    assert manifest["cached_embedders"] == {"0": "cond_frames_without_noise"}
+    assert manifest["cached_embedders"] == {"0": "txt"}  # the text-to-video stage: the caption's context
 
 
 def test_latent_samples_read_back_with_shapes_dtypes_and_values(cached: Path, toy_root: Path, module) -> None:
@@ -84,14 +84,14 @@ def test_latent_samples_read_back_with_shapes_dtypes_and_values(cached: Path, to
     assert s["latents"].shape == s["latents_logvar"].shape == (6, 4, 8, 8)
     assert s["latents"].dtype == s["latents_logvar"].dtype == s["cond_frame"].dtype == torch.float32
     assert torch.equal(s["cond_frame"], v["video"][0])  # the pixels training sees, bit for bit
-    assert s["cached.0"].shape == (1, 64)  # the CLIP image token of the first frame
+    assert s["cached.0"].shape == (32, 64)  # the caption's text context (32 tokens)
     assert (s["fps_id"], s["motion_bucket_id"], s["txt"]) == (v["fps_id"], v["motion_bucket_id"], v["txt"])
     with torch.no_grad():
         posterior = module.first_stage_model.encode(v["video"])
-        clip = module.conditioner.embedders[0](v["video"][:1])
+        text = module.conditioner.embedders[0]([v["txt"]])
     torch.testing.assert_close(s["latents"], posterior.mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s["latents_logvar"], posterior.logvar, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(s["cached.0"], clip[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s["cached.0"], text[0], rtol=1e-5, atol=1e-5)
 
 
 def test_cached_batch_gives_the_video_batch_loss(cached: Path, toy_root: Path, module) -> None:

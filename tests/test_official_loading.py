@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tests.helpers.configs import compose_train
-from tests.helpers.models import builder, meta_shapes, randomize, save_state, tiny_video_cfg
+from tests.helpers.models import builder, meta_shapes, randomize, save_state, tiny_i2v_cfg
 from tests.helpers.repo import REPO
 from vldm.checkpoints.official import load_pretrained
 from vldm.io.safe_load import CheckpointError
@@ -42,7 +42,7 @@ def sparse_safetensors(path: Path, shapes: Mapping[str, tuple[int, ...]], dtype:
 @pytest.fixture(scope="module")
 def video_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Callable[[], nn.Module], nn.Module, Path]:
     """(builder, a random tiny video module, its state in the SGM layout on disk)."""
-    build = builder(tiny_video_cfg())
+    build = builder(tiny_i2v_cfg())
     torch.manual_seed(0)
     module = randomize(build()).eval()
     module.scale_factor.fill_(0.9)

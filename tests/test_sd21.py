@@ -12,7 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from tests.helpers.configs import compose_train
-from tests.helpers.models import builder, ldm_file, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_video_cfg
+from tests.helpers.models import builder, ldm_file, meta_shapes, randomize, save_state, tiny_sd21_cfg, tiny_i2v_cfg
 from vldm.sampling.pipeline import LatentDiffusionSampler
 from vldm.checkpoints.ldm_layout import SCHEDULE_BUFFERS, ldm_schedule, to_ldm_key
 from vldm.checkpoints.official import load_pretrained
@@ -126,7 +126,7 @@ def test_anything_else_in_an_ldm_file_is_unexpected(tiny_sd, tmp_path: Path) -> 
 def test_sd_file_into_a_video_config_says_what_it_is(tiny_sd) -> None:
     _, _, path = tiny_sd
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(builder(tiny_video_cfg()), path)
+        load_pretrained(builder(tiny_i2v_cfg()), path)
     msg = str(err.value)
     assert "missing keys: conditioner.embedders.0.open_clip.model." in msg
     assert "unexpected keys: alphas_cumprod" in msg
@@ -136,7 +136,7 @@ def test_sd_file_into_a_video_config_says_what_it_is(tiny_sd) -> None:
 
 def test_video_file_into_the_sd21_config_says_what_it_is(tiny_sd, tmp_path: Path) -> None:
     cfg = tiny_sd[0]
-    video = builder(tiny_video_cfg())()
+    video = builder(tiny_i2v_cfg())()
     path = save_state(video.state_dict(), tmp_path / "video.safetensors")
     with pytest.raises(CheckpointError, match=r"The file looks like an image-to-video model of the SVD architecture"):
         load_pretrained(builder(cfg), path, layout="ldm")

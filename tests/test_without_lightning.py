@@ -41,14 +41,14 @@ def run_blocked(code: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def random_run(root: Path) -> Path:
-    """A video stage's run directory as ``train.py`` leaves it (config.yaml + model.safetensors), random weights."""
-    cfg = compose_train(["stage=video", "experiment=smoke", f"paths.root_dir={root}"])
+    """An image-to-video stage's run directory as ``train.py`` leaves it (config.yaml + model.safetensors), random weights."""
+    cfg = compose_train(["stage=i2v", "experiment=smoke", f"paths.root_dir={root}"])
     run = Path(cfg.paths.output_dir)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     model = build_model(cfg.model)
     model.scale_factor.fill_(0.8)
-    export_safetensors(model, run / "model.safetensors", metadata={"stage": "video"})
+    export_safetensors(model, run / "model.safetensors", metadata={"stage": "i2v"})
     return run
 
 

@@ -39,9 +39,9 @@ def builder(model_cfg: DictConfig) -> Callable[[], nn.Module]:
     return lambda: build_model(model_cfg)
 
 
-def tiny_video_cfg() -> DictConfig:
-    """The ``model`` node of the toy video stage."""
-    return compose_train(["stage=video"]).model
+def tiny_i2v_cfg() -> DictConfig:
+    """The ``model`` node of the toy image-to-video stage."""
+    return compose_train(["stage=i2v"]).model
 
 
 def tiny_sd21_cfg(*extra: str) -> DictConfig:
