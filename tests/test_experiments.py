@@ -111,7 +111,7 @@ def test_command_line_model_and_data_win_over_a_toy_stage() -> None:
     config, also one with its own defaults-list overrides (svd_image_decoder), can replace them."""
     cfg = compose_train(["stage=hq", "model=svd_image_decoder", "data=webdataset"])
     assert cfg.model.name == "svd_image_decoder" and cfg.model.diffusion.first_stage.use_quant_conv is True
-    assert cfg.data.num_frames == 14 and cfg.stage.max_steps == 200
+    assert cfg.data.num_frames == 14 and cfg.stage.max_steps == 100
 
 
 # --------------------------------------------------------------------------- svd_finetune
