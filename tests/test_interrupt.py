@@ -96,3 +96,25 @@ def test_signal_while_waiting_for_data_checkpoints_and_resumes(tmp_path: Path, t
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"(step {OPEN_STEPS} of {OPEN_STEPS + 2})" in resumed.stdout + resumed.stderr
     assert _steps_logged(run_dir) == list(range(OPEN_STEPS + 2))  # every step once: the history survived
+
+
+def test_signal_after_a_step_ends_keeps_that_steps_metrics(tmp_path: Path, toy_root: Path) -> None:
+    """A signal between a step's end and Lightning logging it stops before the next fetch, with the row kept."""
+    gate = tmp_path / "gate"
+    gate.touch()  # the data flows: the signal comes from the probe, at the end of step 3
+    run_dir = tmp_path / "runs" / "smoke" / "video"
+    probe = "{_target_:tests.helpers.gated_data.SignalAtStepEnd,step:3,signum:2}"
+    args = _args(tmp_path, toy_root, gate, "stage.max_steps=1000")
+    args = [a if not a.startswith("+trainer.callbacks=") else a[:-1] + f",{probe}]" for a in args]
+    log = tmp_path / "train.log"
+    proc = _popen(args, log)
+    assert proc.wait(timeout=WAIT_S) == 128 + signal.SIGINT, log.read_text()[-3000:]
+    assert "SIGINT: training stopped at step 4" in log.read_text()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    assert _steps_logged(run_dir) == [0, 1, 2, 3]
+
+    resumed = subprocess.run([sys.executable, "train.py", *_args(tmp_path, toy_root, gate, "stage.max_steps=6")],
+                             cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _steps_logged(run_dir) == list(range(6))

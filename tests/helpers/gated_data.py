@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -47,3 +48,15 @@ class StepMarker(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"step-{trainer.global_step}").touch()
+
+
+class SignalAtStepEnd(Callback):
+    """Test probe: sends ``signum`` to its own process at the end of training step ``step`` (global step
+    ``step + 1``), after the stop handler's end-of-step hook and before Lightning logs the step."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step + 1:
+            os.kill(os.getpid(), self.signum)

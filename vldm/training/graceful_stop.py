@@ -6,8 +6,10 @@ step's loss and gradients, the work is broken off at once and ``last.ckpt`` is w
 completed step (weights, optimizer and EMA are untouched until the optimizer step; the data
 position counts a batch only once its step completed, see
 :class:`~vldm.training.data_state.DataPosition`). From the optimizer step to the end of the step,
-during validation, and with gradient accumulation, the stop waits for that to end, then writes
-``last.ckpt`` and stops the Trainer. A second signal stops at once without a checkpoint. On several
+the stop waits for the step to end, then writes ``last.ckpt`` and stops the Trainer; after a step's
+end (while Lightning logs its metrics) and during validation, the Trainer is told to stop before it
+fetches more data and ``last.ckpt`` is written when training ends, so every completed step keeps
+its logged metrics. A second signal stops at once without a checkpoint. On several
 ranks the request is shared at the end of every step (one all-reduce of a flag) and every rank stops
 there, since writing a checkpoint is collective. :class:`~vldm.training.run.train_stage` then raises
 :class:`TrainingInterrupted`.
@@ -23,9 +25,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def waiting_for_data(frame: FrameType | None) -> bool:
+    """True when ``frame`` (where a signal interrupted the main thread) is inside a DataLoader's ``__next__``."""
+    fetch = _BaseDataLoaderIter.__next__.__code__
+    while frame is not None:
+        if frame.f_code is fetch:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class StopRequested(Exception):
@@ -50,6 +63,7 @@ class GracefulStop(Callback):
         self.saved: Path | None = None
         self._breakable = True  # stopping now loses nothing of a completed step
         self._immediate = True  # one process, no gradient accumulation
+        self._trainer: pl.Trainer | None = None
         self._previous: dict[int, Any] = {}
 
     @property
@@ -61,9 +75,11 @@ class GracefulStop(Callback):
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
         self.signum = signum
         name = signal.Signals(signum).name
-        if self._breakable and self._immediate:
+        if self._immediate and (self._breakable or waiting_for_data(frame)):
             log.warning("%s: stopping now; saving a checkpoint", name)
             raise StopRequested(name)
+        if self._immediate and self._trainer is not None:
+            self._trainer.should_stop = True  # takes effect before the next fetch, if the step has ended
         log.warning("%s: stopping after this step (a second signal stops at once, without a checkpoint)", name)
 
     def _install(self) -> None:
@@ -81,7 +97,12 @@ class GracefulStop(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._immediate = trainer.world_size == 1 and trainer.accumulate_grad_batches == 1
+        self._trainer = trainer
         self._install()  # after Lightning registered its handlers for the fit
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._breakable = True  # the previous step is logged; this one has changed nothing yet
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         self._breakable = False
@@ -96,18 +117,19 @@ class GracefulStop(Callback):
                 self.signum = signal.SIGTERM  # another rank was signalled
             self._save(trainer)
             trainer.should_stop = True
-        self._breakable = True
+        # still unbreakable: Lightning logs this step's metrics after the hook; the next fetch is breakable
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._breakable = False
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._breakable = True
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
+        self._trainer = None
+        if self.requested and self.saved is None:  # stopped after a step's end, before fetching more data
+            self._save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
+        self._trainer = None
         if isinstance(exception, StopRequested):
             self._save(trainer)
