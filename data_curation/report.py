@@ -14,7 +14,6 @@ the same given directly. Nothing is fetched and no script runs in the page.
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 from data_curation.filters import FilterSpec, quantile_cut, quantiles_apply
 from data_curation.records import MANIFEST_COLUMNS
+from data_curation.report_svg import bool_svg, esc, fmt_value, histogram_svg
 
 # Columns of clip rows that are not scores (ids, spans, decisions) or that describe the whole input.
 _NOT_SCORES = set(MANIFEST_COLUMNS) | {
@@ -36,10 +36,6 @@ VIDEO_COLUMNS = ("duration_s", "fps", "bits_per_pixel")  # histograms over the i
 MAX_THUMBS = 6  # per side of a threshold
 MAX_ERROR_ROWS = 1000  # error rows listed; the rest are counted
 
-# Plot geometry (SVG user units); the x axis maps [lo, hi] linearly onto [PLOT_X0, PLOT_X1].
-SVG_W, SVG_H = 520, 190
-PLOT_X0, PLOT_X1, PLOT_TOP, PLOT_BOTTOM = 48.0, 500.0, 26.0, 150.0
-NUM_BINS = 20
 
 
 @dataclass
@@ -141,14 +137,14 @@ def normalise_filters(filters: Any, clips: list[dict[str, Any]]) -> list[DrawnFi
         if f.get("skipped"):
             spec.skipped = str(f["skipped"])
         if rule.min is not None:
-            spec.thresholds.append((rule.min, f"min {_fmt(rule.min)}"))
+            spec.thresholds.append((rule.min, f"min {fmt_value(rule.min)}"))
         if lo is not None and math.isfinite(lo) and lo != rule.min:
-            label = f"lowest {rule.drop_lowest:.0%} → {_fmt(lo)}" if rule.drop_lowest else f"min {_fmt(lo)}"
+            label = f"lowest {rule.drop_lowest:.0%} → {fmt_value(lo)}" if rule.drop_lowest else f"min {fmt_value(lo)}"
             spec.thresholds.append((lo, label))
         if rule.max is not None:
-            spec.thresholds.append((rule.max, f"max {_fmt(rule.max)}"))
+            spec.thresholds.append((rule.max, f"max {fmt_value(rule.max)}"))
         if hi is not None and math.isfinite(hi) and hi != rule.max:
-            label = f"highest {rule.drop_highest:.0%} → {_fmt(hi)}" if rule.drop_highest else f"max {_fmt(hi)}"
+            label = f"highest {rule.drop_highest:.0%} → {fmt_value(hi)}" if rule.drop_highest else f"max {fmt_value(hi)}"
             spec.thresholds.append((hi, label))
         specs.append(spec)
     return specs
@@ -167,103 +163,6 @@ def _load(output_dir: Path, rows: list[dict[str, Any]] | None,
     if filters is None:
         filters = summary.get("filters")
     return rows, filters, summary
-
-
-# ------------------------------------------------------------------------------------------- html
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _e(v: Any) -> str:
-    return html.escape(_fmt(v) if not isinstance(v, str) else v, quote=True)
-
-
-def axis_x(value: float, lo: float, hi: float) -> float:
-    """x position (SVG units) of ``value`` on a histogram axis spanning [lo, hi]."""
-    return PLOT_X0 + (value - lo) / (hi - lo) * (PLOT_X1 - PLOT_X0)
-
-
-def axis_range(values: list[float], thresholds: list[float]) -> tuple[float, float]:
-    """The axis of a histogram: min to max of the values and thresholds, widened when it is a point."""
-    pts = list(values) + list(thresholds)
-    lo, hi = min(pts), max(pts)
-    if hi - lo < 1e-12:
-        pad = max(abs(lo) * 0.05, 0.5)
-        lo, hi = lo - pad, hi + pad
-    return lo, hi
-
-
-def _histogram_svg(column: str, pairs: list[tuple[float, bool]], specs: list[DrawnFilter], scope: str = "clip") -> str:
-    """Stacked (kept / dropped) histogram of ``pairs`` = (value, kept) with threshold lines."""
-    thresholds = [(v, s.name, label) for s in specs for v, label in s.thresholds]
-    values = [v for v, _ in pairs]
-    lo, hi = axis_range(values, [t for t, _, _ in thresholds])
-    width = (hi - lo) / NUM_BINS
-    kept = [0] * NUM_BINS
-    dropped = [0] * NUM_BINS
-    for v, k in pairs:
-        i = min(int((v - lo) / width), NUM_BINS - 1)
-        (kept if k else dropped)[i] += 1
-    top = max([a + b for a, b in zip(kept, dropped)] + [1])
-    scale = (PLOT_BOTTOM - PLOT_TOP) / top
-    bw = (PLOT_X1 - PLOT_X0) / NUM_BINS
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="hist" width="{SVG_W}" height="{SVG_H}" '
-             f'viewBox="0 0 {SVG_W} {SVG_H}" data-scope="{scope}" data-column="{_e(column)}" '
-             f'data-lo="{lo!r}" data-hi="{hi!r}" '
-             f'data-x0="{PLOT_X0}" data-x1="{PLOT_X1}" role="img" aria-label="histogram of {_e(column)}">']
-    for i in range(NUM_BINS):
-        x = PLOT_X0 + i * bw
-        hk, hd = kept[i] * scale, dropped[i] * scale
-        if hk:
-            parts.append(f'<rect class="kept" x="{x:.2f}" y="{PLOT_BOTTOM - hk:.2f}" width="{bw - 1:.2f}" '
-                         f'height="{hk:.2f}"><title>{kept[i]} kept</title></rect>')
-        if hd:
-            parts.append(f'<rect class="dropped" x="{x:.2f}" y="{PLOT_BOTTOM - hk - hd:.2f}" width="{bw - 1:.2f}" '
-                         f'height="{hd:.2f}"><title>{dropped[i]} dropped</title></rect>')
-    parts.append(f'<line class="axis" x1="{PLOT_X0}" y1="{PLOT_BOTTOM}" x2="{PLOT_X1}" y2="{PLOT_BOTTOM}"/>')
-    for frac, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
-        v = lo + frac * (hi - lo)
-        parts.append(f'<text class="tick" x="{axis_x(v, lo, hi):.2f}" y="{PLOT_BOTTOM + 16}" '
-                     f'text-anchor="{anchor}">{_e(v)}</text>')
-    parts.append(f'<text class="tick" x="{PLOT_X0 - 4}" y="{PLOT_TOP + 4}" text-anchor="end">{top}</text>')
-    for n, (v, name, label) in enumerate(thresholds):
-        x = axis_x(v, lo, hi)
-        parts.append(f'<line class="threshold" data-value="{v!r}" data-filter="{_e(name)}" x1="{x:.3f}" '
-                     f'y1="{PLOT_TOP - 8}" x2="{x:.3f}" y2="{PLOT_BOTTOM}"/>')
-        anchor = "end" if x > (PLOT_X0 + PLOT_X1) / 2 else "start"
-        dx = -3 if anchor == "end" else 3
-        parts.append(f'<text class="threshold-label" x="{x + dx:.2f}" y="{PLOT_TOP - 10 + 11 * (n % 2)}" '
-                     f'text-anchor="{anchor}">{_e(name)}: {_e(label)}</text>')
-    parts.append(f'<text class="xlabel" x="{(PLOT_X0 + PLOT_X1) / 2}" y="{SVG_H - 4}" '
-                 f'text-anchor="middle">{_e(column)}</text></svg>')
-    return "".join(parts)
-
-
-def _bool_svg(column: str, pairs: list[tuple[bool, bool]]) -> str:
-    """Two bars (False / True), each split into kept and dropped."""
-    counts = {b: [sum(1 for v, k in pairs if v == b and k), sum(1 for v, k in pairs if v == b and not k)]
-              for b in (False, True)}
-    top = max([sum(c) for c in counts.values()] + [1])
-    scale = (PLOT_BOTTOM - PLOT_TOP) / top
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="hist bool" width="{SVG_W}" height="{SVG_H}" '
-             f'viewBox="0 0 {SVG_W} {SVG_H}" data-scope="clip" data-column="{_e(column)}" role="img" '
-             f'aria-label="counts of {_e(column)}">']
-    for i, b in enumerate((False, True)):
-        x = PLOT_X0 + 60 + i * 200
-        hk, hd = counts[b][0] * scale, counts[b][1] * scale
-        parts.append(f'<rect class="kept" x="{x}" y="{PLOT_BOTTOM - hk:.2f}" width="120" height="{hk:.2f}"/>')
-        parts.append(f'<rect class="dropped" x="{x}" y="{PLOT_BOTTOM - hk - hd:.2f}" width="120" height="{hd:.2f}"/>')
-        parts.append(f'<text class="tick" x="{x + 60}" y="{PLOT_BOTTOM + 16}" text-anchor="middle">{b}: '
-                     f'{sum(counts[b])} ({counts[b][1]} dropped)</text>')
-    parts.append(f'<line class="axis" x1="{PLOT_X0}" y1="{PLOT_BOTTOM}" x2="{PLOT_X1}" y2="{PLOT_BOTTOM}"/>')
-    parts.append(f'<text class="xlabel" x="{(PLOT_X0 + PLOT_X1) / 2}" y="{SVG_H - 4}" '
-                 f'text-anchor="middle">{_e(column)}</text></svg>')
-    return "".join(parts)
 
 
 def scored_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -312,13 +211,13 @@ def overlap_matrix(rows: list[dict[str, Any]], names: list[str]) -> list[list[in
 def _thumb_html(thumbs: Path, row: dict[str, Any], column: str) -> str:
     cid = str(row.get("clip_id"))
     path = thumbs / f"{cid}.jpg"
-    score = _e(row.get(column))
-    title = _e(f"{cid} {row.get('source')} {_fmt(row.get('start_s'))}–{_fmt(row.get('end_s'))} s")
+    score = esc(row.get(column))
+    title = esc(f"{cid} {row.get('source')} {fmt_value(row.get('start_s'))}–{fmt_value(row.get('end_s'))} s")
     if path.is_file():
         data = path.read_bytes()
         if data[:2] == b"\xff\xd8":
             src = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-            return (f'<figure title="{title}"><img class="thumb" alt="{_e(cid)}" src="{src}"/>'
+            return (f'<figure title="{title}"><img class="thumb" alt="{esc(cid)}" src="{src}"/>'
                     f'<figcaption>{score}</figcaption></figure>')
     return f'<figure title="{title}"><div class="nothumb">no thumbnail</div><figcaption>{score}</figcaption></figure>'
 
@@ -376,18 +275,18 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
             if n not in names:
                 names.append(n)
 
-    h = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/><title>{_e(title)}</title>'
-         f'<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>']
-    err_text = ", ".join(f"{_e(c)} {n}" for c, n in sorted(by_code.items())) or "none"
+    h = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/><title>{esc(title)}</title>'
+         f'<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>']
+    err_text = ", ".join(f"{esc(c)} {n}" for c, n in sorted(by_code.items())) or "none"
     h.append('<table class="counts"><tr><th class="l">inputs</th><td>%d</td></tr>'
              '<tr><th class="l">errors</th><td>%d (%s)</td></tr><tr><th class="l">clips</th><td>%d</td></tr>'
              '<tr><th class="l">kept</th><td>%d</td></tr><tr><th class="l">dropped</th><td>%d</td></tr>'
              % (len(videos), len(errors), err_text, len(clips), kept, len(clips) - kept))
     for key in ("shards", "engine"):
         if key in summary and not isinstance(summary[key], (dict, list)):
-            h.append(f'<tr><th class="l">{_e(key)}</th><td>{_e(summary[key])}</td></tr>')
+            h.append(f'<tr><th class="l">{esc(key)}</th><td>{esc(summary[key])}</td></tr>')
     if isinstance(summary.get("seconds"), dict):
-        phases = ", ".join(f"{_e(k)} {v:.1f}" for k, v in summary["seconds"].items() if _number(v) is not None)
+        phases = ", ".join(f"{esc(k)} {v:.1f}" for k, v in summary["seconds"].items() if _number(v) is not None)
         h.append(f'<tr><th class="l">seconds</th><td>{phases}</td></tr>')
     h.append("</table>")
     pre = {}
@@ -396,7 +295,7 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
             pre[str(r["dropped_by"])] = pre.get(str(r["dropped_by"]), 0) + 1
     if pre:
         h.append("<p>inputs that gave no clips (prefilter or no scene long enough): "
-                 + ", ".join(f"{_e(k)} {v}" for k, v in sorted(pre.items())) + "</p>")
+                 + ", ".join(f"{esc(k)} {v}" for k, v in sorted(pre.items())) + "</p>")
 
     h.append('<h2>Score distributions</h2><p class="legend">clips: <span style="background:#4a7fb5">'
              '</span>kept<span style="background:#e0894a"></span>dropped; dashed red lines: filter thresholds</p>')
@@ -408,16 +307,16 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
         col_specs = [s for s in specs if s.column == col]
         pairs_raw = [(r.get(col), r.get("kept") is True) for r in clips if not _is_missing(r.get(col))]
         if all(isinstance(v, bool) for v, _ in pairs_raw):
-            svg = _bool_svg(col, [(bool(v), k) for v, k in pairs_raw])
+            svg = bool_svg(col, [(bool(v), k) for v, k in pairs_raw])
             stats = f"{len(pairs_raw)} clips, {sum(1 for v, _ in pairs_raw if v)} True"
         else:
             pairs = [(float(v), k) for v, k in pairs_raw]
-            svg = _histogram_svg(col, pairs, col_specs)
+            svg = histogram_svg(col, pairs, col_specs)
             vs = sorted(v for v, _ in pairs)
-            stats = (f"{len(vs)} clips; min {_fmt(vs[0])}, median {_fmt(vs[len(vs) // 2])}, "
-                     f"max {_fmt(vs[-1])}")
-        note = "".join(f"; {_e(s.name)} threshold recomputed from the rows" for s in col_specs if s.computed)
-        h.append(f'<div><h3>{_e(col)}</h3>{svg}<p>{_e(stats)}{note}</p></div>')
+            stats = (f"{len(vs)} clips; min {fmt_value(vs[0])}, median {fmt_value(vs[len(vs) // 2])}, "
+                     f"max {fmt_value(vs[-1])}")
+        note = "".join(f"; {esc(s.name)} threshold recomputed from the rows" for s in col_specs if s.computed)
+        h.append(f'<div><h3>{esc(col)}</h3>{svg}<p>{esc(stats)}{note}</p></div>')
     h.append("</div>")
     vcols = [c for c in VIDEO_COLUMNS
              if any(_number(r.get(c)) is not None for r in videos if _is_missing(r.get("error_code")))]
@@ -426,7 +325,7 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
         for c in vcols:
             pairs = [(float(_number(r[c])), r.get("kept") is True) for r in videos
                      if _is_missing(r.get("error_code")) and _number(r.get(c)) is not None]
-            h.append(f"<div>{_histogram_svg(c, pairs, [], scope='video')}</div>")
+            h.append(f"<div>{histogram_svg(c, pairs, [], scope='video')}</div>")
         h.append("</div>")
 
     h.append("<h2>Filters</h2>")
@@ -441,20 +340,20 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
             s = spec_by.get(name)
             rule = ""
             if s is not None:
-                rule = ", ".join(f"{k} {_fmt(getattr(s.rule, k))}" for k in ("min", "max", "drop_lowest", "drop_highest")
+                rule = ", ".join(f"{k} {fmt_value(getattr(s.rule, k))}" for k in ("min", "max", "drop_lowest", "drop_highest")
                                  if getattr(s.rule, k) is not None)
-            th = ", ".join(_fmt(v) for v, _ in s.thresholds) if s is not None else ""
+            th = ", ".join(fmt_value(v) for v, _ in s.thresholds) if s is not None else ""
             if s is not None and s.skipped:
                 rule = f"{rule} (skipped: {s.skipped})"
             c = counts[name]
-            h.append(f'<tr><td class="l">{_e(name)}</td><td class="l">{_e(s.column if s else "")}</td>'
-                     f'<td class="l">{_e(rule)}</td><td>{_e(th)}</td><td>{c["alone"]}</td><td>{c["first"]}</td>'
+            h.append(f'<tr><td class="l">{esc(name)}</td><td class="l">{esc(s.column if s else "")}</td>'
+                     f'<td class="l">{esc(rule)}</td><td>{esc(th)}</td><td>{c["alone"]}</td><td>{c["first"]}</td>'
                      f'<td>{c["total"]}</td><td>{c["total"] / n:.1%}</td></tr>')
         active = [nm for nm in names if nm not in spec_by or not spec_by[nm].skipped]
         h.append("</table><h3>Overlap (clips removed by both)</h3><table class=\"overlap\"><tr><th></th>")
-        h.append("".join(f"<th>{_e(nm)}</th>" for nm in active) + "</tr>")
+        h.append("".join(f"<th>{esc(nm)}</th>" for nm in active) + "</tr>")
         for nm, line in zip(active, overlap_matrix(rows, active)):
-            h.append(f'<tr><th class="l">{_e(nm)}</th>' + "".join(f"<td>{v}</td>" for v in line) + "</tr>")
+            h.append(f'<tr><th class="l">{esc(nm)}</th>' + "".join(f"<td>{v}</td>" for v in line) + "</tr>")
         h.append("</table>")
     else:
         h.append("<p>No filter was applied.</p>")
@@ -464,7 +363,7 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
     for s in specs:
         if s.thresholds and not s.skipped:
             for v, label in s.thresholds:
-                h.append(f"<h3>{_e(s.name)}: {_e(s.column)} {_e(label)}</h3>{_near_threshold(clips, s, v, thumbs)}")
+                h.append(f"<h3>{esc(s.name)}: {esc(s.column)} {esc(label)}</h3>{_near_threshold(clips, s, v, thumbs)}")
                 shown = True
     if not shown:
         h.append("<p>No threshold to show.</p>")
@@ -475,8 +374,8 @@ def render_report(rows: list[dict[str, Any]], filters: Any = None, summary: dict
                  '<th class="l">message</th></tr>')
         listed = sorted(errors, key=lambda r: (str(r.get("source")), str(r.get("clip_id"))))
         for r in listed[:MAX_ERROR_ROWS]:
-            h.append(f'<tr><td>{_e(str(r.get("source")))}</td><td>{_e(str(r.get("error_code")))}</td>'
-                     f'<td>{_e(str(r.get("error_message") or ""))}</td></tr>')
+            h.append(f'<tr><td>{esc(str(r.get("source")))}</td><td>{esc(str(r.get("error_code")))}</td>'
+                     f'<td>{esc(str(r.get("error_message") or ""))}</td></tr>')
         h.append("</table>")
         if len(listed) > MAX_ERROR_ROWS:
             h.append(f"<p>… and {len(listed) - MAX_ERROR_ROWS} more (see the manifest).</p>")

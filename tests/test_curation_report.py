@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_curation.report import PLOT_X0, PLOT_X1, quantile_threshold, render_report, write_report
+from data_curation.report import quantile_threshold, render_report, write_report
+from data_curation.report_svg import PLOT_X0, PLOT_X1
 
 MOTION = [0.001, 0.002, 0.004, 0.010, 0.020, 0.030, 0.040, 0.050]
 TEXT = [0.00, 0.01, 0.20, 0.00, 0.09, 0.00, 0.30, 0.02]
