@@ -10,42 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.helpers.configs import compose, compose_train
-from tests.helpers.models import randomize
 from tests.helpers.repo import REPO
-from vldm.checkpoints.export import export_safetensors
-from vldm.checkpoints.load import build_model
-
-FAST = {"sampler.num_steps": 2, "num_frames": 3}
-
-
-def make_run(root: Path, stage: str, metadata: dict | None = None) -> Path:
-    """A stage run directory as ``train.py`` leaves it (config.yaml + model.safetensors), random weights."""
-    cfg = compose_train([f"stage={stage}", f"paths.root_dir={root}"])
-    run = Path(cfg.paths.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    torch.manual_seed(0)
-    module = randomize(build_model(cfg.model), 0)
-    module.scale_factor.fill_(0.9)
-    export_safetensors(module, run / "model.safetensors", metadata={"stage": stage, "global_step": "4",
-                                                                     **(metadata or {})})
-    return run
-
-
-def sample(**overrides) -> list[Path]:
-    from vldm.sampling.run import sample_videos
-
-    return sample_videos(compose("sample", [f"{k}={v}" for k, v in overrides.items()]))
-
-
-def frames_of(mp4: Path) -> np.ndarray:
-    folder = mp4.parent / f"{mp4.stem}_frames"
-    return np.stack([np.asarray(Image.open(p), dtype=np.int16) for p in sorted(folder.glob("*.png"))])
-
+from tests.helpers.sampling import FAST, frames_of, make_run, sample
 
 @pytest.fixture(scope="module")
 def t2v_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
