@@ -17,6 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vldm.nn", "vldm.diffusion"),
     ("vldm.conditioning",),
     ("vldm.models",),
+    ("vldm.adapters",),
     ("vldm.checkpoints",),
     ("vldm.data",),
     ("vldm.sampling",),
