@@ -91,3 +91,26 @@ def test_adapter_stage_settings_that_say_something_else_are_refused(toy_root: Pa
         check_adapter_stage(smoke(tmp_path, toy_root, "image", "stage.adapter=lora"))
     with pytest.raises(ValueError, match="not supported"):
         check_adapter_stage(smoke(tmp_path, toy_root, "hq", "stage.adapter=lora", "trainer=fsdp"))
+
+
+def test_the_svd_xt_camera_lora_preset_builds_at_full_size_on_meta() -> None:
+    """``experiment=svd_xt_camera_lora``: SVD-XT i2v, a rank-16 temporal_attention LoRA that alone trains."""
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    from tests.helpers.configs import compose_train
+    from vldm.training.adapter_stage import adapter_spec, check_adapter_stage
+    from vldm.training.run import stage_module
+
+    with pytest.raises(InterpolationToMissingValueError, match="motion"):
+        compose_train(["experiment=svd_xt_camera_lora"]).stage.name
+    cfg = compose_train(["experiment=svd_xt_camera_lora", "paths.pretrained=/models/svd_xt.safetensors",
+                         "paths.clips=/data/camera/pan_left", "motion=pan_left", "paths.root_dir=/r"])
+    check_adapter_stage(cfg)
+    assert cfg.paths.output_dir == "/r/runs/svd_xt_camera_lora/pan_left" and cfg.data.num_frames == 25
+    assert adapter_spec(cfg) == LoraSpec(rank=16, alpha=16.0, targets=("temporal_attention",))
+    with torch.device("meta"):
+        module = stage_module(cfg, trainable="all", ema_decay=None)
+        attach_adapter(module, adapter_spec(cfg), {"base": cfg.stage.init_from}, cfg.model.module.ema_decay)
+    trainable = {n: p.numel() for n, p in module.named_parameters() if p.requires_grad}
+    assert all(".lora_" in n for n in trainable) and sum(trainable.values()) == 3_319_808
+    assert sum(v.numel() for v in module.model_ema.values().values()) == 3_319_808
