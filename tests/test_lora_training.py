@@ -89,6 +89,9 @@ def test_adapter_stage_settings_that_say_something_else_are_refused(toy_root: Pa
                                   "stage.trainable=temporal"))
     with pytest.raises(ValueError, match="needs a base model"):
         check_adapter_stage(smoke(tmp_path, toy_root, "image", "stage.adapter=lora"))
+    with pytest.raises(ValueError, match="its own name, e.g. stage.name=lora"):
+        check_adapter_stage(smoke(tmp_path, toy_root, "i2v", "stage.adapter=lora", "stage.init_mode=full",
+                                  f"stage.init_from={tmp_path / 'runs' / 'smoke' / 'i2v'}"))
     with pytest.raises(ValueError, match="not supported"):
         check_adapter_stage(smoke(tmp_path, toy_root, "hq", "stage.adapter=lora", "trainer=fsdp"))
 

@@ -44,6 +44,11 @@ def check_adapter_stage(cfg: DictConfig) -> None:
     if cfg.stage.get("trainable", "all") != "all":
         raise ValueError(f"stage.trainable={cfg.stage.trainable!r} has no meaning with stage.adapter: only the "
                          "adapter trains, the base is frozen (drop stage.trainable)")
+    base = Path(str(cfg.stage.init_from))
+    base_dir = base if base.is_dir() or not base.suffix else base.parent
+    if base_dir.resolve() == Path(str(cfg.paths.output_dir)).resolve():
+        raise ValueError(f"the LoRA run would write into its base's run directory {base_dir}: give the adapter "
+                         f"stage its own name, e.g. stage.name=lora")
     strategy = str(cfg.trainer.get("strategy", ""))
     if "fsdp" in strategy.lower():
         raise ValueError("stage.adapter under FSDP is not supported: train the adapter with trainer=ddp (the frozen "
