@@ -215,3 +215,40 @@ def test_full_size_svd_xt_temporal_attention_lora(tmp_path: Path) -> None:
     size = path.stat().st_size
     assert 4 * (expected + len(names)) < size < 4 * (expected + len(names)) + 64 * 1024  # fp32 tensors + header
     print(f"SVD-XT temporal_attention rank 16: {expected} parameters, {len(names)} layers, {size} bytes")
+
+
+def test_sd21_takes_attention_loras_and_refuses_temporal_ones(tmp_path: Path) -> None:
+    from tests.helpers.models import tiny_sd21_cfg
+    from vldm.checkpoints.load import build_model
+
+    net = randomize(build_model(tiny_sd21_cfg()).network).eval()
+    with pytest.raises(ValueError, match="'temporal_attention' selects no linear"):
+        target_names(net, ["temporal_attention"])
+    adapted = copy.deepcopy(net)
+    spec = LoraSpec(rank=2, targets=("attention",))
+    names = inject_lora(adapted, spec)
+    assert names and all(".transformer_blocks." in n for n in names)
+    with torch.no_grad():
+        for p in adapter_parameters(adapted).values():
+            p.normal_(0, 0.5)
+    path = save_lora(tmp_path / "sd21.safetensors", adapted, spec, {"base": "tiny-sd21"})
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    context = torch.randn(1, 3, net.config.context_dim)
+    merged = copy.deepcopy(net)
+    apply_loras(merged, [(path, 1.0)], merge=True)
+    with torch.no_grad():
+        assert (merged(x, t, context) - adapted(x, t, context)).abs().max() <= 1e-5
+        assert (merged(x, t, context) - net(x, t, context)).abs().max() > 1e-4
+
+
+def test_a_lora_run_given_as_a_model_says_how_to_sample_it(base: torch.nn.Module, trained_file: Path,
+                                                           tmp_path: Path) -> None:
+    import shutil
+
+    from vldm.checkpoints.load import resolve_run
+
+    run = tmp_path / "lora"
+    run.mkdir()
+    shutil.copyfile(trained_file, run / "lora.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"is a LoRA stage.*checkpoint=tiny-svd lora=\["):
+        resolve_run(run)
