@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vldm", "vldm.io", "vldm.video", "vldm.utils"),
     ("vldm.nn", "vldm.diffusion"),
     ("vldm.conditioning",),
-    ("vldm.models",),
+    ("vldm.models", "vldm.adapters"),
     ("vldm.checkpoints",),
     ("vldm.data",),
     ("vldm.sampling",),

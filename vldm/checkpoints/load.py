@@ -46,6 +46,11 @@ def resolve_run(checkpoint: str | Path) -> tuple[Path, Path]:
     path = Path(checkpoint)
     run_dir, weights = (path, path / "model.safetensors") if path.is_dir() else (path.parent, path)
     if not weights.is_file():
+        lora = run_dir / "lora.safetensors"
+        if lora.is_file():
+            base = file_metadata(lora).get("vldm_base", "its base model")
+            raise FileNotFoundError(f"{run_dir} is a LoRA stage: it holds an adapter, not a model; sample its base "
+                                    f"with the adapter, e.g. checkpoint={base} lora=[{lora}:1.0]")
         raise FileNotFoundError(f"no weights at {weights} (give a stage's run directory or its model.safetensors)")
     if not (run_dir / "config.yaml").is_file():
         if "vldm_model_config" in file_metadata(weights):

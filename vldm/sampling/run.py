@@ -59,6 +59,7 @@ class Loaded:
     weights: Path
     source: str        # "model config <name>" | "vldm run" | "vldm export"
     metadata: dict
+    loras: list | None = None  # the LoRA files on the model and their scales (:func:`with_loras`)
 
 
 def load_for_sampling(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
@@ -84,6 +85,29 @@ def load_for_sampling(cfg: DictConfig, device: torch.device, dtype: torch.dtype)
     metadata = file_metadata(weights)
     preset = run_preset(train_cfg, metadata, run_dir, video=model.task != "text_to_image")
     return Loaded(model, preset, weights, "vldm run", metadata)
+
+
+def lora_args(cfg: DictConfig) -> list[tuple[Path, float]]:
+    """``lora=[PATH:SCALE, ...]`` parsed (a single string is one LoRA)."""
+    from vldm.adapters.merge import parse_lora_arg
+
+    items = cfg.get("lora") or []
+    items = [items] if isinstance(items, str) else list(items)
+    return [parse_lora_arg(str(item)) for item in items]
+
+
+def with_loras(loaded: Loaded, loras: list[tuple[Path, float]], merge: bool) -> Loaded:
+    """``loaded`` with the LoRA files on its UNet (peft layers, or merged into the weights); the outputs' names
+    and json record which files, by content, at which scales."""
+    from vldm.adapters.merge import apply_loras
+    from vldm.io.safe_load import file_metadata
+
+    if not loras:
+        return loaded
+    apply_loras(loaded.model.network, loras, merge=merge)
+    record = [{"file": checkpoint_identity(path, file_metadata(path)), "scale": scale} for path, scale in loras]
+    log.info("LoRA %s on the model (%s)", ", ".join(f"{p}:{s}" for p, s in loras), "merged" if merge else "unmerged")
+    return replace(loaded, loras=record)
 
 
 def checkpoint_identity(weights: Path, metadata: dict) -> str:
@@ -156,6 +180,7 @@ def base_record(cfg: DictConfig, loaded: Loaded, device: torch.device, dtype: to
                 sampler_cfg: SamplerConfig) -> dict:
     """What every output's name hash covers besides its input and seed (a memory budget may change the dtype)."""
     return {"checkpoint": checkpoint_identity(loaded.weights, loaded.metadata), "source": loaded.source,
+            **({"lora": loaded.loras} if loaded.loras else {}),
             "device": device.type, "dtype": str(dtype), "max_memory": cfg.max_memory, "resize": cfg.resize,
             "sampler": {k: v for k, v in asdict(sampler_cfg).items() if k != "progress"}}
 
@@ -170,7 +195,8 @@ def sample_videos(cfg: DictConfig) -> list[Path]:
         raise ValueError(f"max_memory={cfg.max_memory} is a budget for CUDA memory; on {device} nothing is streamed "
                          "or offloaded and no peak is measured: drop max_memory, or sample with device=cuda")
     dtype = resolve_dtype(cfg.dtype, device)
-    loaded = load_for_sampling(cfg, device, dtype)
+    loras = lora_args(cfg)  # fail on a bad scale before loading
+    loaded = with_loras(load_for_sampling(cfg, device, dtype), loras, bool(cfg.get("lora_merge", False)))
     task = loaded.model.task
     check_inputs(cfg, task, prompts)
     if task == "text_to_image":
@@ -246,6 +272,7 @@ def _sample_clips(cfg: DictConfig, loaded: Loaded, clips: Iterator[Clip], device
         write_clip(stem, video[0], settings.fps, cfg.save_frames)
         stem.with_suffix(".json").write_text(json.dumps({
             **clip.info, "task": model.task, "checkpoint": str(cfg.checkpoint), "model": _model_name(cfg, loaded),
+            "lora": loaded.loras or [], "lora_merge": bool(cfg.get("lora_merge", False)),
             "seed": seed, **settings.fields(), "fps_id": settings.fps - 1, "sampler": asdict(sampler_cfg),
             "dtype": str(dtype), "device": str(device), "memory_plan": plan.as_dict(),
             "peak_memory_bytes": sampler.peak_memory, "seconds": round(seconds, 3),

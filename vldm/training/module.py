@@ -32,7 +32,8 @@ from vldm.nn.autoencoder import DiagonalGaussian
 from vldm.nn.inflate import temporal_parameter_names
 from vldm.nn.unet import UNet
 from vldm.sampling.pipeline import LatentDiffusionSampler
-from vldm.training.ema import EMA
+from vldm.training.adapter_checkpoint import check_adapter_checkpoint, checkpoint_state
+from vldm.training.ema import EMA, AdapterEMA
 from vldm.training.optim import configure
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class DiffusionModule(pl.LightningModule):
         self.cond_aug = cond_aug or LogNormalCondAug()
         self.sample_dir, self.sample_fps = sample_dir, sample_fps
         self.set_trainable(trainable)
-        self.model_ema = EMA(self.network, ema_decay) if ema_decay else None
+        self.model_ema: EMA | AdapterEMA | None = EMA(self.network, ema_decay) if ema_decay else None
+        self.adapter: dict | None = None  # a LoRA stage's record: spec and base (vldm.training.adapter_stage)
 
     @property
     def network(self) -> UNet:
@@ -99,6 +101,13 @@ class DiffusionModule(pl.LightningModule):
         state = checkpoint.get("state_dict")  # FSDP's strategy has loaded it and taken it out already
         if state is not None and not any(k.startswith(MODEL_PREFIX) for k in state):
             checkpoint["state_dict"] = module_keys(state)
+        if self.adapter is not None:
+            check_adapter_checkpoint(self, checkpoint)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A LoRA stage's checkpoint holds only the adapter (and its EMA), not the frozen base."""
+        if self.adapter is not None:
+            checkpoint_state(self, checkpoint)
 
     # ---------------------------------------------------------------- data -> loss
     @staticmethod
@@ -233,12 +242,19 @@ class DiffusionModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- sampling
     def sampler(self, use_ema: bool = True) -> LatentDiffusionSampler:
-        network = self.model_ema.shadow if use_ema and self.model_ema is not None else self.network
-        return LatentDiffusionSampler.from_model(self.diffusion, network)
+        """The sampler of the EMA network (an adapter's EMA: call inside :meth:`AdapterEMA.applied`) or the live one."""
+        use_shadow = use_ema and isinstance(self.model_ema, EMA)
+        return LatentDiffusionSampler.from_model(self.diffusion, self.model_ema.shadow if use_shadow else self.network)
 
     @torch.no_grad()
     def generate(self, batch: dict, seed: int = 0) -> torch.Tensor:
         """Samples for a batch: videos from its first frames (i2v) or its captions (t2v), or images from its captions."""
+        if isinstance(self.model_ema, AdapterEMA):
+            with self.model_ema.applied(self.network):
+                return self._generate(batch, seed)
+        return self._generate(batch, seed)
+
+    def _generate(self, batch: dict, seed: int) -> torch.Tensor:
         first = self._first_frames(batch)
         num_frames = batch["latents"].shape[1] if self.is_latent_batch(batch) else self._frames(batch).shape[1]
         sampler = self.sampler()

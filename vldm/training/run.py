@@ -8,7 +8,8 @@ same wandb run (its id is kept in ``wandb_run_id.txt``). Training noise is seede
 step (:class:`~vldm.training.data_state.StepSeed`), so ranks draw different noise and a resumed
 run draws what the uninterrupted one would have. Under DDP / FSDP every rank runs this function;
 files are written by global rank 0. At the end the stage writes ``model.safetensors`` (EMA
-weights, SGM layout) for the next stage and for ``sample.py``, and ``result.json``.
+weights, SGM layout) for the next stage and for ``sample.py`` (a LoRA stage: ``lora.safetensors``,
+:mod:`vldm.training.adapter_stage`), and ``result.json``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def build_module(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> pl.L
 
     if cfg.stage.kind == "autoencoder":
         return stage_module(cfg)
+    if cfg.stage.get("adapter") is not None:  # a LoRA on a frozen base: the base is loaded on resume too
+        from vldm.training.adapter_stage import build_adapter_module
+
+        return build_adapter_module(cfg, run_dir, stage_module)
     module = stage_module(cfg, trainable=cfg.stage.trainable, sample_dir=str(run_dir / "samples"))
     if resuming:
         return module
@@ -152,10 +157,14 @@ def _instantiate_list(items: Any) -> list:
 
 
 def _export_weights(trainer: pl.Trainer, module: pl.LightningModule, path: Path, metadata: dict) -> Path:
-    """``model.safetensors`` with the EMA weights (written by rank 0). Under FSDP the full state
-    dict is gathered first (a collective: every rank calls this)."""
+    """``model.safetensors`` with the EMA weights (written by rank 0); a LoRA stage's ``lora.safetensors``. Under
+    FSDP the full state dict is gathered first (a collective: every rank calls this)."""
     from pytorch_lightning.strategies import FSDPStrategy
 
+    if getattr(module, "adapter", None) is not None:
+        from vldm.training.adapter_stage import export_adapter
+
+        return export_adapter(module, path, metadata) if trainer.is_global_zero else path
     if not isinstance(trainer.strategy, FSDPStrategy):
         return export_safetensors(module, path, metadata=metadata) if trainer.is_global_zero else path
     state = trainer.strategy.lightning_module_state_dict()
@@ -228,7 +237,7 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
         raise TrainingInterrupted(f"{name}: training stopped at step {trainer.global_step}; checkpoint {stop.saved}; "
                                   "run the same command again to resume there", stop.signum, stop.saved)
 
-    weights = run_dir / "model.safetensors"
+    weights = run_dir / ("lora.safetensors" if cfg.stage.get("adapter") is not None else "model.safetensors")
     trained = trainer.global_step - start_step
     if trained > 0 or not weights.is_file():
         metadata = {"stage": cfg.stage.name, "global_step": str(trainer.global_step)}
