@@ -53,7 +53,7 @@ TOY_CASES = {  # what each `make demo` command resolves to
     "image": dict(
         overrides=["stage=image"], model="vldm.training.module.DiffusionModule", network=TOY_IMAGE_UNET,
         data=("image", "/toy/images/train-*.tar", "/toy/images/val-*.tar", 32, None, None),
-        steps=(150, 75, 150), init=(None, "full")),
+        steps=(800, 400, 800), init=(None, "full")),
     "video": dict(
         overrides=["stage=video"], model="vldm.training.module.DiffusionModule", network=TOY_VIDEO_UNET,
         data=("video", "/toy/videos/train-*.tar", "/toy/videos/val-*.tar", 8, 6, None),
@@ -96,7 +96,7 @@ def test_toy_experiment_stage_resolves_as_the_demo(case: str) -> None:
 def test_bare_and_smoke_runs_use_the_toy_stages() -> None:
     """Without an experiment a stage runs the toy preset in runs/toy; smoke shortens any toy stage."""
     bare = compose_train(["paths.root_dir=/r"])
-    assert (bare.stage.name, bare.experiment_name, bare.stage.max_steps) == ("image", "toy", 150)
+    assert (bare.stage.name, bare.experiment_name, bare.stage.max_steps) == ("image", "toy", 800)
     assert bare.paths.output_dir == "/r/runs/toy/image" and bare.model.diffusion.network.video is False
     video = compose_train(["stage=video"])
     assert video.model.diffusion.network.video is True and video.data.num_frames == 6
