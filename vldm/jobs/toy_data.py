@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from vldm.data.toy import ToyVideoConfig, generate_clip, still_caption
+from vldm.data.toy import PALETTES, ToyVideoConfig, generate_clip, still_caption
 from vldm.io.video_io import encode_mp4
 
 
@@ -84,6 +84,7 @@ def write_toy_dataset(
     seed: int = 0,
     samples_per_shard: int = 128,
     frames_per_image_clip: int = 4,
+    palette: str = "dark",
 ) -> dict[str, Any]:
     """Write the toy dataset as webdataset shards under ``root``; returns the manifest.
 
@@ -92,10 +93,14 @@ def write_toy_dataset(
     ``images/train-%06d.tar`` (``png`` + ``json``: ``frames_per_image_clip`` evenly spaced frames of
     each clean train clip, one frame of each static one), ``images/val-%06d.tar`` and
     ``first_frames/val_%06d.png`` (the held-out clips' first frames) and ``manifest.json``. A matching
-    existing manifest (same request, shards present) makes this a no-op.
+    existing manifest (same request, shards present) makes this a no-op. ``palette`` names the
+    backgrounds (:data:`vldm.data.toy.PALETTES`); the request records it when it is not ``"dark"``, so
+    a default dataset's request reads as it always has.
     """
     if num_train < 1 or num_val < 0 or samples_per_shard < 1:
         raise ValueError("need num_train >= 1, num_val >= 0 and samples_per_shard >= 1")
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {tuple(PALETTES)}, got {palette!r}")
     root = Path(root)
     request = {
         "format": 2,
@@ -107,6 +112,8 @@ def write_toy_dataset(
         "samples_per_shard": samples_per_shard,
         "frames_per_image_clip": frames_per_image_clip,
     }
+    if palette != "dark":
+        request["palette"] = palette
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -124,7 +131,7 @@ def write_toy_dataset(
 
     def videos(split: str, split_kinds: list[str]) -> Iterator[dict[str, Any]]:
         for i, kind in enumerate(split_kinds):
-            frames, meta = generate_clip(_clip_seed(seed, split, i), kind, cfg)
+            frames, meta = generate_clip(_clip_seed(seed, split, i), kind, cfg, palette)
             key = f"{split}_{i:06d}"
             counts[f"videos/{split}"][kind] = counts[f"videos/{split}"].get(kind, 0) + 1
             if split == "train" and kind in ("clean", "static"):
@@ -188,13 +195,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reject-fraction", type=float, default=0.1)
     parser.add_argument("--samples-per-shard", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--palette", choices=sorted(PALETTES), default="dark",
+                        help="background palette: dark (the demo's) or light (same scenes, another look)")
     args = parser.parse_args(argv)
     cfg = ToyVideoConfig(size=args.size, num_frames=args.frames, fps=args.fps)
     manifest_path = Path(args.root) / "manifest.json"
     before = manifest_path.stat().st_mtime_ns if manifest_path.is_file() else None
     start = time.perf_counter()
     manifest = write_toy_dataset(
-        args.root, cfg, args.num_train, args.num_val, args.reject_fraction, args.seed, args.samples_per_shard
+        args.root, cfg, args.num_train, args.num_val, args.reject_fraction, args.seed, args.samples_per_shard,
+        palette=args.palette,
     )
     fresh = before != manifest_path.stat().st_mtime_ns
     status = f"wrote in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
