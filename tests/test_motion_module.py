@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,54 @@ def test_temporal_from_is_a_video_stage_setting() -> None:
     assert cfg.stage.temporal_from == "/some/motion_module.safetensors" and cfg.stage.init_mode == "inflate"
     with pytest.raises(Exception, match="temporal_from"):
         compose_train(["stage=image", "stage.temporal_from=/some/motion_module.safetensors"])
+
+
+def test_train_config_temporal_from_fills_the_video_stage(files: dict[str, Path], tmp_path: Path) -> None:
+    """``stage=video stage.init_from=B stage.temporal_from=A``: what train.py builds before fitting."""
+    from vldm.training.run import build_module
+
+    base = ["stage=video", "model.first_stage_weights=null"]
+    cfg = compose_train([*base, f"stage.init_from={files['image_b']}", f"stage.temporal_from={files['run_a']}"])
+    model = build_module(cfg, tmp_path).diffusion
+    image, video = _state(files["image_b"]), _state(files["run_a"] / "model.safetensors")
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in image.items() if k.startswith(UNET))
+    assert all(torch.equal(got[k], v) for k, v in video.items() if k.startswith(UNET) and k not in image)
+    orphan = compose_train([*base, "stage.init_from=null", f"stage.temporal_from={files['run_a']}"])
+    with pytest.raises(ValueError, match="stage.init_from is not set"):
+        build_module(orphan, tmp_path)
+
+
+def test_the_transfer_check_measures_look_and_motion(files: dict[str, Path], toy_root: Path, tmp_path: Path) -> None:
+    """The job end to end on tiny random models (figures not judged), then its report on known clips."""
+    from omegaconf import OmegaConf
+
+    from vldm.data.toy import generate_clip
+    from vldm.jobs.motion_transfer_check import colour_statistics, main as check_main, transfer_report
+
+    OmegaConf.save(compose_train(["stage=hq"]), files["run_a"] / "config.yaml")
+    try:
+        report = check_main(["--video-a", str(files["run_a"]), "--image-b", str(files["image_b"]),
+                             "--stills-a", str(toy_root / "images"), "--stills-b", str(toy_root / "images"),
+                             "--out", str(tmp_path / "check.json"), "--count", "2", "--num-steps", "2"])
+    finally:
+        (files["run_a"] / "config.yaml").unlink()
+    assert report["count"] == 2 and json.loads((tmp_path / "check.json").read_text())["count"] == 2
+    assert report["colour_distances"]["transferred_to_stills_a"] == report["colour_distances"]["transferred_to_stills_b"]
+    # known clips: light-palette clips that move half as fast read as B's look and half A's motion
+    dark = [generate_clip(s, "clean")[0] for s in range(4)]
+    light = [generate_clip(s, "clean", palette="light")[0] for s in range(4)]
+    still_light = [np.repeat(v[:1], 8, 0) for v in light]
+    half = [np.concatenate([v[:1], v[:1], v[1:2], v[1:2], v[2:3], v[2:3], v[3:4], v[3:4]]) for v in light]
+    moving = transfer_report(light, dark, ["a red circle moving right"] * 4, [v[0] for v in dark], [v[0] for v in light])
+    assert moving["keeps_b_look"] and moving["motion_ratio"] > 0.7 and moving["passed"]
+    slow = transfer_report(half, dark, ["a red circle moving right"] * 4, [v[0] for v in dark], [v[0] for v in light])
+    assert 0.2 < slow["motion_ratio"] < 0.8
+    frozen = transfer_report(still_light, dark, ["a red circle moving right"] * 4, [v[0] for v in dark], [v[0] for v in light])
+    assert frozen["keeps_b_look"] and frozen["motion_ratio"] < 0.05 and not frozen["passed"]
+    assert colour_statistics([np.full((2, 2, 3), 10, np.uint8)]) == [10.0, 10.0, 10.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="same non-zero number"):
+        transfer_report(light, dark[:2], ["x"] * 4, dark, light)
+    with pytest.raises(FileNotFoundError, match="no train-.*tar image shards"):
+        check_main(["--video-a", str(files["run_a"]), "--image-b", str(files["image_b"]), "--stills-a", str(tmp_path),
+                    "--stills-b", str(tmp_path), "--out", str(tmp_path / "x.json"), "--count", "1", "--num-steps", "1"])
