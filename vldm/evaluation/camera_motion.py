@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vldm.video.motion import _to_uint8_video, flow_field
+from vldm.video.motion import flow_field, to_uint8_video
 
 STATIC_MAX: float = 0.2  # px/frame of mean flow magnitude below which the camera reads as still
 MARGIN: int = 2
@@ -54,7 +54,7 @@ def read_camera_motion(video: Any, margin: int = MARGIN) -> CameraMotionReading:
     ``video``: uint8 ``(T, H, W, 3)`` RGB, float ``(T, H, W, 3)`` in [0, 1], or a torch ``(T, 3, H, W)``
     tensor in [-1, 1]; at least two frames, each side larger than ``2 * margin + 4``.
     """
-    frames = _to_uint8_video(video)
+    frames = to_uint8_video(video)
     t, h, w = frames.shape[:3]
     if t < 2:
         raise ValueError(f"camera motion needs at least 2 frames, got {t}")
