@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.shards import tar_samples
-from vldm.data.toy import LIGHT_BACKGROUNDS, generate_clip
+from vldm.data.toy import LIGHT_BACKGROUNDS, WARM_BACKGROUNDS, generate_clip
 from vldm.data.toy_camera import CAMERA_MOTIONS, generate_camera_clip
 from vldm.evaluation.camera_motion import camera_motion_accuracy, read_camera_motion
 from vldm.io.video_io import read_video
@@ -77,6 +77,8 @@ def test_the_light_palette_keeps_the_scene_and_changes_the_background() -> None:
         same = ("shape", "colour", "speed", "direction", "start")
         assert {k: light_meta[k] for k in same} == {k: dark_meta[k] for k in same}
         assert light.mean() > dark.mean() + 60
+        warm_meta = generate_clip(seed, "clean", palette="warm")[1]
+        assert warm_meta["background"] in WARM_BACKGROUNDS and warm_meta["colour"] == dark_meta["colour"]
     with pytest.raises(ValueError, match="palette must be one of"):
         generate_clip(0, "clean", palette="neon")
 

@@ -14,7 +14,8 @@ whole clip; there is no bouncing). ``motion_bucket_id = round(speed / max_speed 
 Clip kinds: ``clean`` (the above), ``static`` (same scene, speed 0, identical frames), ``text``
 (the clean clip plus a static burned-in word) and ``cut`` (the clean clip until ``cut_frame``,
 then a different scene). For one seed, all kinds share the same first scene. The ``light`` palette
-draws the same scenes over light backgrounds instead (a second look for the same motion).
+draws the same scenes over light backgrounds instead, the ``warm`` palette over the dark red and dark
+brown ones only (second looks for the same motion).
 
 ``python -m vldm.jobs.toy_data --root data/toy`` writes the clips as webdataset shards.
 """
@@ -62,7 +63,11 @@ LIGHT_BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "sky blue": (175, 210, 245),
     "lavender": (215, 195, 240),
 }
-PALETTES: dict[str, dict[str, tuple[int, int, int]]] = {"dark": BACKGROUNDS, "light": LIGHT_BACKGROUNDS}
+# the "warm" palette: the dark backgrounds' red and brown only (a different look inside the colours the toy
+# autoencoder, trained on the dark palette, reconstructs; it cannot reproduce the light palette)
+WARM_BACKGROUNDS: dict[str, tuple[int, int, int]] = {k: BACKGROUNDS[k] for k in ("dark red", "dark brown")}
+PALETTES: dict[str, dict[str, tuple[int, int, int]]] = {"dark": BACKGROUNDS, "light": LIGHT_BACKGROUNDS,
+                                                        "warm": WARM_BACKGROUNDS}
 
 
 @dataclass(frozen=True)
@@ -209,8 +214,9 @@ def generate_clip(seed: int, kind: str, cfg: ToyVideoConfig = ToyVideoConfig(),
                   palette: str = "dark") -> tuple[np.ndarray, dict[str, Any]]:
     """Render one clip ``(T, H, W, 3)`` uint8 and its JSON-serialisable metadata (see module doc).
 
-    ``palette``: the backgrounds drawn from, ``"dark"`` (:data:`BACKGROUNDS`) or ``"light"``
-    (:data:`LIGHT_BACKGROUNDS`); shapes, colours and motion are the same for both.
+    ``palette``: the backgrounds drawn from, ``"dark"`` (:data:`BACKGROUNDS`), ``"light"``
+    (:data:`LIGHT_BACKGROUNDS`) or ``"warm"`` (:data:`WARM_BACKGROUNDS`); shapes, colours and motion are
+    the same for all.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

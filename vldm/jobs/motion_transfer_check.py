@@ -13,8 +13,8 @@ weights, autoencoder and text tower, A's temporal layers), samples the toy promp
   the transferred samples over A's; target >= :data:`MOTION_RATIO_TARGET`. The shape's centroid speed
   (:func:`~vldm.evaluation.caption_following.read_clip`) and the direction accuracy are reported too.
 
-``python -m vldm.jobs.motion_transfer_check --video-a runs/demo/hq --image-b runs/light/image
---stills-a data/toy/images --stills-b data/toy_light/images --out motion_transfer.json``
+``python -m vldm.jobs.motion_transfer_check --video-a runs/demo/hq --image-b runs/warm_image/image
+--stills-a data/toy/images --stills-b data/toy_warm/images --out motion_transfer.json``
 """
 
 from __future__ import annotations

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples-per-shard", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--palette", choices=sorted(PALETTES), default="dark",
-                        help="background palette: dark (the demo's) or light (same scenes, another look)")
+                        help="background palette: dark (the demo's), light or warm (same scenes, another look)")
     parser.add_argument("--camera", action="store_true",
                         help="camera motion over a textured background (pan left / right, zoom in / out, static) "
                              "instead of moving shapes; give it its own --root")
