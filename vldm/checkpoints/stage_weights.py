@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from vldm.io.safe_load import CheckpointError, describe_file, load_state_dict_file, load_strict
 from vldm.checkpoints.motion_module import attach_temporal, temporal_state
+from vldm.io.safe_load import CheckpointError, describe_file, load_state_dict_file, load_strict
 from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.nn.inflate import load_image_weights
 from vldm.nn.widen import load_widened
