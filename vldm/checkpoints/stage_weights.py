@@ -12,6 +12,9 @@ are read by the tower the UNet learnt them with), an image-to-video model keeps 
 this image-to-video UNet with the input conv and the vector embedding widened, new parts zero
 (:func:`vldm.nn.widen.load_widened`); its autoencoder and latent scale are taken over strictly; the
 conditioner is this model's own (the CLIP image token replaces the caption's context).
+``inflate`` with ``temporal_from``: the temporal layers (and the fps / motion-bucket embedding) then come
+from a motion module or another video model (:mod:`vldm.checkpoints.motion_module`), so the result holds
+the image model's spatial weights and the module's temporal weights exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vldm.checkpoints.motion_module import attach_temporal, temporal_state
 from vldm.io.safe_load import CheckpointError, describe_file, load_state_dict_file, load_strict
 from vldm.models.latent_diffusion import LatentDiffusion
 from vldm.nn.inflate import load_image_weights
@@ -128,10 +132,16 @@ def expected_weights(model: LatentDiffusion, mode: str) -> str:
     return f"this very {kind} with the same sizes{hint}"
 
 
-def load_stage_weights(model: LatentDiffusion, path: str | Path, mode: str = "full") -> None:
-    """Fill ``model`` from the weights at ``path`` (a file or a stage's run directory) as ``mode`` (see the module doc) says."""
+def load_stage_weights(model: LatentDiffusion, path: str | Path, mode: str = "full",
+                       temporal_from: str | Path | None = None) -> None:
+    """Fill ``model`` from the weights at ``path`` (a file or a stage's run directory) as ``mode`` (see the module doc)
+    says; with ``temporal_from`` (``inflate`` only) the temporal layers come from that motion module or video model."""
     if mode not in INIT_MODES:
         raise ValueError(f"init_from mode must be one of {INIT_MODES}, got {mode!r}")
+    if temporal_from is not None and mode != "inflate":
+        raise ValueError(f"temporal_from ({temporal_from}) attaches temporal layers to an inflated image model: it needs "
+                         f"init_mode inflate, got {mode!r}")
+    temporal = temporal_state(temporal_from) if temporal_from is not None else None
     path = stage_weights_file(path)
     state = from_ldm_layout(model, load_state_dict_file(path), path)
     try:
@@ -145,6 +155,10 @@ def load_stage_weights(model: LatentDiffusion, path: str | Path, mode: str = "fu
         what = describe_file(path)
         raise CheckpointError(f"init_from {path} (mode {mode}): the file is {what or 'not a file vldm described'}; "
                               f"expected {expected_weights(model, mode)}. {err}") from err
+    if temporal is not None:
+        attach_temporal(model.network, temporal, set(sub_state(state, UNET)), str(temporal_from))
+        log.info("initialised from %s (%s), temporal layers from %s", path, mode, temporal_from)
+        return
     log.info("initialised from %s (%s)", path, mode)
 
 

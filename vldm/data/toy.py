@@ -13,7 +13,9 @@ whole clip; there is no bouncing). ``motion_bucket_id = round(speed / max_speed 
 
 Clip kinds: ``clean`` (the above), ``static`` (same scene, speed 0, identical frames), ``text``
 (the clean clip plus a static burned-in word) and ``cut`` (the clean clip until ``cut_frame``,
-then a different scene). For one seed, all kinds share the same first scene.
+then a different scene). For one seed, all kinds share the same first scene. The ``light`` palette
+draws the same scenes over light backgrounds instead, the ``warm`` palette over the dark red and dark
+brown ones only (second looks for the same motion).
 
 ``python -m vldm.jobs.toy_data --root data/toy`` writes the clips as webdataset shards.
 """
@@ -52,6 +54,20 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 WORDS = ("SALE", "NEWS", "LIVE", "WOW", "TOP", "HOT", "BUY", "FREE", "LOL", "DEMO", "NEW", "OMG")
 TEXT_COLOURS = {"white": (255, 255, 255), "yellow": (255, 230, 0)}
+# light backgrounds (the "light" palette: the same scenes in a different look), pairwise different by > 25
+LIGHT_BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "pale pink": (245, 200, 210),
+    "pale green": (195, 235, 190),
+    "light grey": (200, 200, 200),
+    "cream": (245, 235, 200),
+    "sky blue": (175, 210, 245),
+    "lavender": (215, 195, 240),
+}
+# the "warm" palette: the dark backgrounds' red and brown only (a different look inside the colours the toy
+# autoencoder, trained on the dark palette, reconstructs; it cannot reproduce the light palette)
+WARM_BACKGROUNDS: dict[str, tuple[int, int, int]] = {k: BACKGROUNDS[k] for k in ("dark red", "dark brown")}
+PALETTES: dict[str, dict[str, tuple[int, int, int]]] = {"dark": BACKGROUNDS, "light": LIGHT_BACKGROUNDS,
+                                                        "warm": WARM_BACKGROUNDS}
 
 
 @dataclass(frozen=True)
@@ -104,8 +120,9 @@ def _speed_words(speed: float, cfg: ToyVideoConfig) -> str:
     return "steadily" if speed < cfg.min_speed + 2 * third else "quickly"
 
 
-def _sample_scene(rng: np.random.Generator, cfg: ToyVideoConfig, avoid_bg: str | None = None) -> _Scene:
-    backgrounds = [b for b in BACKGROUNDS if b != avoid_bg]
+def _sample_scene(rng: np.random.Generator, cfg: ToyVideoConfig, avoid_bg: str | None = None,
+                  palette: str = "dark") -> _Scene:
+    backgrounds = [b for b in PALETTES[palette] if b != avoid_bg]
     background = backgrounds[rng.integers(len(backgrounds))]
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
@@ -135,7 +152,7 @@ def _render_frame(scene: _Scene, t: int, cfg: ToyVideoConfig) -> np.ndarray:
     """Draw one frame at ``supersample`` x resolution and box-filter it down (anti-aliasing)."""
     s, shift = cfg.supersample, 4
     big = np.empty((cfg.size * s, cfg.size * s, 3), np.uint8)
-    big[:] = BACKGROUNDS[scene.background]
+    big[:] = {**BACKGROUNDS, **LIGHT_BACKGROUNDS}[scene.background]
     colour = COLOURS[scene.colour][0]
     cx, cy = scene.centre(t)
 
@@ -193,11 +210,19 @@ def still_caption(meta: dict[str, Any]) -> str:
     return f"a {meta['colour']} {meta['shape']} on a {meta['background']} background"
 
 
-def generate_clip(seed: int, kind: str, cfg: ToyVideoConfig = ToyVideoConfig()) -> tuple[np.ndarray, dict[str, Any]]:
-    """Render one clip ``(T, H, W, 3)`` uint8 and its JSON-serialisable metadata (see module doc)."""
+def generate_clip(seed: int, kind: str, cfg: ToyVideoConfig = ToyVideoConfig(),
+                  palette: str = "dark") -> tuple[np.ndarray, dict[str, Any]]:
+    """Render one clip ``(T, H, W, 3)`` uint8 and its JSON-serialisable metadata (see module doc).
+
+    ``palette``: the backgrounds drawn from, ``"dark"`` (:data:`BACKGROUNDS`), ``"light"``
+    (:data:`LIGHT_BACKGROUNDS`) or ``"warm"`` (:data:`WARM_BACKGROUNDS`); shapes, colours and motion are
+    the same for all.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    scene = _sample_scene(np.random.default_rng(seed), cfg)
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {tuple(PALETTES)}, got {palette!r}")
+    scene = _sample_scene(np.random.default_rng(seed), cfg, palette=palette)
     extra = np.random.default_rng([seed, KINDS.index(kind)])  # kind-specific draws; scene unchanged
     static = kind == "static"
     if static:
@@ -227,9 +252,9 @@ def generate_clip(seed: int, kind: str, cfg: ToyVideoConfig = ToyVideoConfig()) 
         meta.update(text=word, text_colour=text_colour)
     elif kind == "cut":
         cut = int(extra.integers(2, cfg.num_frames - 1))  # in [2, T-2]
-        other = _sample_scene(extra, cfg, avoid_bg=scene.background)
+        other = _sample_scene(extra, cfg, avoid_bg=scene.background, palette=palette)
         while other.shape == scene.shape or other.colour == scene.colour:
-            other = _sample_scene(extra, cfg, avoid_bg=scene.background)
+            other = _sample_scene(extra, cfg, avoid_bg=scene.background, palette=palette)
         frames[cut:] = _render(other, cfg)[: cfg.num_frames - cut]
         meta["cut_frame"] = cut
     return frames, meta

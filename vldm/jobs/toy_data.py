@@ -1,6 +1,7 @@
 """Write the synthetic toy dataset (:mod:`vldm.data.toy`) as webdataset shards.
 
     python -m vldm.jobs.toy_data --root data/toy
+    python -m vldm.jobs.toy_data --root data/toy_camera --camera   # camera motion (vldm.data.toy_camera)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from vldm.data.toy import ToyVideoConfig, generate_clip, still_caption
+from vldm.data.toy import PALETTES, ToyVideoConfig, generate_clip, still_caption
+from vldm.data.toy_camera import CAMERA_MOTIONS, CameraClipConfig, generate_camera_clip
 from vldm.io.video_io import encode_mp4
 
 
@@ -84,6 +86,7 @@ def write_toy_dataset(
     seed: int = 0,
     samples_per_shard: int = 128,
     frames_per_image_clip: int = 4,
+    palette: str = "dark",
 ) -> dict[str, Any]:
     """Write the toy dataset as webdataset shards under ``root``; returns the manifest.
 
@@ -92,10 +95,14 @@ def write_toy_dataset(
     ``images/train-%06d.tar`` (``png`` + ``json``: ``frames_per_image_clip`` evenly spaced frames of
     each clean train clip, one frame of each static one), ``images/val-%06d.tar`` and
     ``first_frames/val_%06d.png`` (the held-out clips' first frames) and ``manifest.json``. A matching
-    existing manifest (same request, shards present) makes this a no-op.
+    existing manifest (same request, shards present) makes this a no-op. ``palette`` names the
+    backgrounds (:data:`vldm.data.toy.PALETTES`); the request records it when it is not ``"dark"``, so
+    a default dataset's request reads as it always has.
     """
     if num_train < 1 or num_val < 0 or samples_per_shard < 1:
         raise ValueError("need num_train >= 1, num_val >= 0 and samples_per_shard >= 1")
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {tuple(PALETTES)}, got {palette!r}")
     root = Path(root)
     request = {
         "format": 2,
@@ -107,6 +114,8 @@ def write_toy_dataset(
         "samples_per_shard": samples_per_shard,
         "frames_per_image_clip": frames_per_image_clip,
     }
+    if palette != "dark":
+        request["palette"] = palette
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -124,7 +133,7 @@ def write_toy_dataset(
 
     def videos(split: str, split_kinds: list[str]) -> Iterator[dict[str, Any]]:
         for i, kind in enumerate(split_kinds):
-            frames, meta = generate_clip(_clip_seed(seed, split, i), kind, cfg)
+            frames, meta = generate_clip(_clip_seed(seed, split, i), kind, cfg, palette)
             key = f"{split}_{i:06d}"
             counts[f"videos/{split}"][kind] = counts[f"videos/{split}"].get(kind, 0) + 1
             if split == "train" and kind in ("clean", "static"):
@@ -176,6 +185,68 @@ def write_toy_dataset(
     return manifest
 
 
+def write_camera_dataset(
+    root: str | Path,
+    cfg: CameraClipConfig = CameraClipConfig(),
+    num_train: int = 500,
+    num_val: int = 50,
+    seed: int = 0,
+    samples_per_shard: int = 128,
+) -> dict[str, Any]:
+    """Write camera-motion clips (:mod:`vldm.data.toy_camera`) under ``root``; returns the manifest.
+
+    Layout: ``videos/train-%06d.tar`` and ``videos/val-%06d.tar`` (``mp4`` + ``json``, the motion as
+    ``"camera"``), the motions in turn (each split as balanced as its size allows), disjoint seeds, and
+    ``manifest.json``. A matching existing manifest (same request, shards present) makes this a no-op.
+    """
+    if num_train < 1 or num_val < 0 or samples_per_shard < 1:
+        raise ValueError("need num_train >= 1, num_val >= 0 and samples_per_shard >= 1")
+    root = Path(root)
+    request = {"format": "camera-1", "config": asdict(cfg), "num_train": num_train, "num_val": num_val,
+               "seed": seed, "samples_per_shard": samples_per_shard}
+    manifest_path = root / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("request") == request and _is_complete(root, old):
+            return old
+        manifest_path.unlink()
+    start = time.perf_counter()
+    counts: dict[str, dict[str, int]] = {"videos/train": {}, "videos/val": {}}
+
+    def videos(split: str, count: int) -> Iterator[dict[str, Any]]:
+        for i in range(count):
+            motion = CAMERA_MOTIONS[i % len(CAMERA_MOTIONS)]
+            frames, meta = generate_camera_clip(_clip_seed(seed, split, i), motion, cfg)
+            counts[f"videos/{split}"][motion] = counts[f"videos/{split}"].get(motion, 0) + 1
+            yield {"__key__": f"{split}_{i:06d}", "mp4": encode_mp4(frames, cfg.fps, cfg.crf), "json": meta}
+
+    tmp_root = root / f".tmp-camera-{os.getpid()}"
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    (tmp_root / "videos").mkdir(parents=True)
+    try:
+        names = _write_shards(videos("train", num_train), tmp_root / "videos" / "train-%06d.tar", samples_per_shard)
+        names += _write_shards(videos("val", num_val), tmp_root / "videos" / "val-%06d.tar", samples_per_shard)
+        dest = root / "videos"
+        dest.mkdir(parents=True, exist_ok=True)
+        for old_shard in dest.glob("*.tar"):
+            if old_shard.name not in names:
+                old_shard.unlink()
+        for name in names:
+            os.replace(tmp_root / "videos" / name, dest / name)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    manifest = {"request": request, "counts": counts, "totals": {k: sum(v.values()) for k, v in counts.items()},
+                "shards": {"videos": names}, "config": asdict(cfg), "seed": seed,
+                "seconds": round(time.perf_counter() - start, 3)}
+    tmp_manifest = manifest_path.with_name("manifest.json.tmp")
+    tmp_manifest.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp_manifest, manifest_path)
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI entry point: write the toy dataset and print a summary."""
     parser = argparse.ArgumentParser(description="Write the synthetic toy video dataset as webdataset shards.")
@@ -188,14 +259,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reject-fraction", type=float, default=0.1)
     parser.add_argument("--samples-per-shard", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--palette", choices=sorted(PALETTES), default="dark",
+                        help="background palette: dark (the demo's), light or warm (same scenes, another look)")
+    parser.add_argument("--camera", action="store_true",
+                        help="camera motion over a textured background (pan left / right, zoom in / out, static) "
+                             "instead of moving shapes; give it its own --root")
     args = parser.parse_args(argv)
-    cfg = ToyVideoConfig(size=args.size, num_frames=args.frames, fps=args.fps)
     manifest_path = Path(args.root) / "manifest.json"
     before = manifest_path.stat().st_mtime_ns if manifest_path.is_file() else None
     start = time.perf_counter()
-    manifest = write_toy_dataset(
-        args.root, cfg, args.num_train, args.num_val, args.reject_fraction, args.seed, args.samples_per_shard
-    )
+    if args.camera:
+        if args.palette != "dark":
+            parser.error("--palette applies to the moving-shape clips, not to --camera")
+        camera_cfg = CameraClipConfig(size=args.size, num_frames=args.frames, fps=args.fps)
+        manifest = write_camera_dataset(args.root, camera_cfg, args.num_train, args.num_val, args.seed,
+                                        args.samples_per_shard)
+    else:
+        cfg = ToyVideoConfig(size=args.size, num_frames=args.frames, fps=args.fps)
+        manifest = write_toy_dataset(
+            args.root, cfg, args.num_train, args.num_val, args.reject_fraction, args.seed, args.samples_per_shard,
+            palette=args.palette,
+        )
     fresh = before != manifest_path.stat().st_mtime_ns
     status = f"wrote in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
     print(f"toy dataset at {args.root} ({status}):")

@@ -20,9 +20,17 @@ from vldm.nn.temporal import SpatialVideoTransformer, VideoResBlock
 from vldm.nn.unet import UNet
 
 
+TEMPORAL_PARTS = ("time_stack", "time_mixer", "time_pos_embed")
+
+
+def is_temporal_key(name: str) -> bool:
+    """A UNet state-dict key of a temporal layer (``time_stack``, ``time_mixer``, ``time_pos_embed``)."""
+    return any(part in name for part in TEMPORAL_PARTS)
+
+
 def temporal_parameter_names(video_unet: UNet) -> set[str]:
     """Names of the parameters that exist only in the video UNet."""
-    return {n for n in video_unet.state_dict() if any(p in n for p in ("time_stack", "time_mixer", "time_pos_embed"))}
+    return {n for n in video_unet.state_dict() if is_temporal_key(n)}
 
 
 def zero_temporal_outputs(video_unet: UNet) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 COMPARED = ("model", "data", "stage", "seed", "trainer.precision", "trainer.accumulate_grad_batches",
             "trainer.gradient_clip_val")
 MAY_CHANGE = ("stage.max_steps", "stage.checkpoint_every", "stage.val_every", "data.num_workers",
-              "stage.init_from")
+              "stage.init_from", "stage.temporal_from")
 
 
 def _may_change(key: str) -> bool:

@@ -79,8 +79,11 @@ def build_module(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> pl.L
         return module
     if cfg.model.get("first_stage_weights"):
         load_first_stage(module.diffusion, cfg.model.first_stage_weights)
+    if cfg.stage.get("temporal_from") and not cfg.stage.get("init_from"):
+        raise ValueError(f"stage.temporal_from={cfg.stage.temporal_from} attaches temporal layers to the image model "
+                         f"of stage.init_from (with stage.init_mode=inflate), but stage.init_from is not set")
     if cfg.stage.get("init_from"):
-        init_from(module, cfg.stage.init_from, cfg.stage.get("init_mode", "full"))
+        init_from(module, cfg.stage.init_from, cfg.stage.get("init_mode", "full"), cfg.stage.get("temporal_from"))
     return module
 
 

@@ -104,7 +104,7 @@ def flow_warp(frame: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _to_uint8_video(video: Any) -> np.ndarray:
+def to_uint8_video(video: Any) -> np.ndarray:
     """uint8 ``(T, H, W, 3)``; float ``(T, H, W, 3)`` in [0, 1]; torch ``(T, 3, H, W)`` in [-1, 1]."""
     if hasattr(video, "detach") and hasattr(video, "cpu"):  # torch.Tensor, without importing torch
         v = video.detach().cpu().float().numpy()
@@ -138,7 +138,7 @@ def mean_flow_magnitude(video: Any, protocol: FlowProtocol = FlowProtocol()) -> 
     tensor ``(T, 3, H, W)`` in [-1, 1]. Pairs are ``(i, i + frame_step)`` for every ``i``.
     Raises ValueError when there is no pair (``T < frame_step + 1``).
     """
-    frames = _to_uint8_video(video)
+    frames = to_uint8_video(video)
     t, step = frames.shape[0], protocol.frame_step
     if t < step + 1:
         raise ValueError(f"need at least {step + 1} frames for frame_step={step}, got {t}")
