@@ -181,3 +181,66 @@ def test_bad_long_settings_are_refused(sampler: LatentDiffusionSampler) -> None:
         sampler.image_to_video(IMAGE, 0, cfg=CFG, long=LongVideo("windows", 4, 1))
     with pytest.raises(ValueError, match="num_frames must be at least 1, got -2"):
         window_spans(-2, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> "Path":
+    from tests.helpers.models import save_state
+
+    torch.manual_seed(0)
+    module = build_model(compose_train(["stage=i2v", "experiment=smoke"]).model).eval()
+    module.scale_factor.fill_(0.7)
+    perturbed(module.network)
+    path = tmp_path_factory.mktemp("long") / "i2v.safetensors"
+    return save_state(module.state_dict(), path)
+
+
+def long_cfg(weights, out, image, **overrides):
+    from tests.helpers.configs import compose
+
+    base = {"model": "toy_i2v", "checkpoint": weights, "output_dir": out, "image": image, "sampler.num_steps": 2,
+            "sampler.sigma_max": 80.0, "height": 32, "width": 32, "fps": 8, "long.window": 4}
+    return compose("sample", [f"{k}={v}" for k, v in {**base, **overrides}.items()])
+
+
+def test_sample_py_writes_a_long_clip_window_by_window(weights_file, tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from vldm.io.video_io import read_video
+    from vldm.sampling.run import sample_videos
+
+    Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(tmp_path / "frame.png")
+    written = sample_videos(long_cfg(weights_file, tmp_path / "out", tmp_path / "frame.png", num_frames=10,
+                                     **{"long.method": "extend", "long.anchor": "true"}))
+    frames, _ = read_video(written[0])
+    assert frames.shape == (10, 32, 32, 3) and written[0].with_suffix(".gif").is_file()
+    meta = json.loads(written[0].with_suffix(".json").read_text())
+    assert meta["num_frames"] == 10 and meta["long"]["method"] == "extend" and meta["long"]["anchor"] is True
+    assert meta["long"]["windows"] == [[0, 4], [2, 6], [4, 8], [6, 10]]
+    short = sample_videos(long_cfg(weights_file, tmp_path / "short", tmp_path / "frame.png", num_frames=4,
+                                   **{"long.method": "windows"}))
+    plain = sample_videos(long_cfg(weights_file, tmp_path / "plain", tmp_path / "frame.png", num_frames=4))
+    assert short[0].name == plain[0].name and short[0].read_bytes() == plain[0].read_bytes()
+    assert "long" not in json.loads(short[0].with_suffix(".json").read_text())
+
+
+def test_sample_py_refuses_bad_long_settings(weights_file, tmp_path) -> None:
+    from PIL import Image
+
+    from vldm.sampling.run import sample_videos
+
+    Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(tmp_path / "frame.png")
+    image = tmp_path / "frame.png"
+    with pytest.raises(ValueError, match="num_frames must be at least 1, got 0"):
+        sample_videos(long_cfg(weights_file, tmp_path, image, num_frames=0, **{"long.method": "windows"}))
+    with pytest.raises(ValueError, match="long.overlap must be at least 0 and smaller than the window of 4"):
+        sample_videos(long_cfg(weights_file, tmp_path, image, num_frames=12,
+                               **{"long.method": "windows", "long.overlap": 4}))
+    with pytest.raises(ValueError, match="long.prompts .* is for text-to-video models"):
+        sample_videos(long_cfg(weights_file, tmp_path, image, num_frames=12,
+                               **{"long.method": "windows", "long.prompts": "[a,b]"}))
+    with pytest.raises(Exception, match="window_size"):
+        long_cfg(weights_file, tmp_path, image, **{"long.window_size": 3})
+    assert not list(tmp_path.glob("*.json"))

@@ -318,6 +318,16 @@ class LatentDiffusionSampler:
         self._stop_measuring()
         return video
 
+    def video_stream(self, latents: Callable[[], torch.Tensor], num_frames: int, cfg: SamplerConfig,
+                     chunk: int | None = None) -> Iterator[torch.Tensor]:
+        """``latents()`` sampled, then decoded piece by piece ``(b, t_piece, 3, h, w)`` in [-1, 1] (``chunk``
+        frames at a time, e.g. one window), for a writer that takes frames as they come; the peak is
+        measured over the whole."""
+        self._start_measuring()
+        z = latents()
+        yield from self.decode_stream(z, num_frames, cfg.decode_chunk_size or chunk)
+        self._stop_measuring()
+
     @torch.no_grad()
     def text_to_image(self, captions: list[str], height: int, width: int, cfg: SamplerConfig = SamplerConfig(),
                       seed: int = 0) -> torch.Tensor:
