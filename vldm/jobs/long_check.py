@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,7 @@ def looped(frames: np.ndarray, num_frames: int, window: int) -> np.ndarray:
 
 def run_long_check(checkpoint: str | Path, data_dir: str | Path, num_frames: int = 24, overlap: int = 2,
                    num_clips: int = 16, seed: int = 0, methods: list[str] | None = None,
-                   out_dir: Path | None = None) -> list[Row]:
+                   out_dir: Path | None = None, steps: int | None = None) -> list[Row]:
     from vldm.checkpoints.load import load_run
     from vldm.data.shards import VideoClipDataset
     from vldm.sampling.pipeline import LatentDiffusionSampler
@@ -93,7 +93,7 @@ def run_long_check(checkpoint: str | Path, data_dir: str | Path, num_frames: int
     sampler = LatentDiffusionSampler.from_model(model)
     kwargs = dict(fps_id=torch.tensor([c["fps_id"] for c in clips]),
                   motion_bucket_id=torch.tensor([c["motion_bucket_id"] for c in clips]), cond_aug=0.02,
-                  cfg=model.sampler_cfg)
+                  cfg=replace(model.sampler_cfg, num_steps=steps or model.sampler_cfg.num_steps))
     seeds = [seed + i for i in range(len(clips))]
     spans = window_spans(num_frames, window, overlap)
     videos = {"naive chaining": (tensor_to_frames(chain_by_last_frame(sampler, real[:, 0], num_frames, window,
@@ -142,14 +142,17 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--num-frames", type=int, default=24)
     parser.add_argument("--overlap", type=int, default=2)
     parser.add_argument("--num-clips", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's preset)")
     parser.add_argument("--methods", nargs="*", default=None, help=f"a subset of {', '.join(METHODS)}")
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     parser.add_argument("--samples", default=None, help="write each method's first clip as mp4 into this folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[vldm] %(message)s")
     rows = run_long_check(args.checkpoint, args.data, args.num_frames, args.overlap, args.num_clips,
-                          methods=args.methods, out_dir=Path(args.samples) if args.samples else None)
-    print(f"[vldm] long check: {args.num_frames} frames, overlap {args.overlap}, {rows[0].scores.num_clips} clips")
+                          methods=args.methods, out_dir=Path(args.samples) if args.samples else None,
+                          steps=args.steps)
+    print(f"[vldm] long check: {args.num_frames} frames, overlap {args.overlap}, {rows[0].scores.num_clips} clips, "
+          f"{args.steps or 'preset'} steps")
     print(table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps([{"name": r.name, **r.scores.as_dict(), "passed": r.passed}
