@@ -24,6 +24,7 @@ statistics allow". The official sampler decodes in chunks too (with no overlap a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -70,6 +71,33 @@ def seam_weights(start: int, prev_end: int, radius: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def iter_chunked_decode(autoencoder: FrameDecoder, z: torch.Tensor, num_frames: int, chunk: int | None,
+                        overlap: int = 0, radius: int | None = None,
+                        dtype: torch.dtype | None = None) -> Iterator[torch.Tensor]:
+    """:func:`chunked_decode` as finished pieces ``(b, t_piece, 3, H, W)`` in frame order, each yielded as
+    soon as no later chunk blends into it (one chunk's pixels held at a time)."""
+    if z.shape[0] % num_frames:
+        raise ValueError(f"{z.shape[0]} latents are not a whole number of clips of {num_frames} frames")
+    radius = receptive_radius(autoencoder) if radius is None else radius
+    b = z.shape[0] // num_frames
+    clips = z.reshape(b, num_frames, *z.shape[1:])
+    spans = chunk_starts(num_frames, chunk or num_frames, min(overlap, (chunk or num_frames) - 1))
+    tail: torch.Tensor | None = None  # the previous chunk's frames that this chunk blends into
+    prev_end = 0
+    for i, (start, end) in enumerate(spans):
+        zc = clips[:, start:end].reshape(b * (end - start), *z.shape[1:])
+        x = autoencoder.decode(zc.to(dtype or zc.dtype), num_frames=end - start).float()
+        x = x.reshape(b, end - start, *x.shape[1:])
+        if tail is not None and start < prev_end:  # cross-fade the overlap with what the earlier chunks gave
+            w = seam_weights(start, prev_end, radius).to(x).reshape(1, -1, *([1] * (x.ndim - 2)))
+            n = prev_end - start
+            x[:, :n] = tail * (1.0 - w) + x[:, :n] * w
+        keep = (spans[i + 1][0] if i + 1 < len(spans) else end) - start
+        yield x[:, :keep]
+        tail, prev_end = x[:, keep:], end
+
+
+@torch.no_grad()
 def chunked_decode(autoencoder: FrameDecoder, z: torch.Tensor, num_frames: int, chunk: int | None,
                    overlap: int = 0, radius: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Latents ``(b * t, c, h, w)`` (``b`` clips of ``t = num_frames``) -> pixels ``(b * t, 3, H, W)``.
@@ -79,26 +107,5 @@ def chunked_decode(autoencoder: FrameDecoder, z: torch.Tensor, num_frames: int, 
     ``temporal_receptive_radius``. ``dtype``: the decoder's weight dtype (latents are cast to it;
     pixels come back in float32).
     """
-    if z.shape[0] % num_frames:
-        raise ValueError(f"{z.shape[0]} latents are not a whole number of clips of {num_frames} frames")
-    radius = receptive_radius(autoencoder) if radius is None else radius
-    b = z.shape[0] // num_frames
-    clips = z.reshape(b, num_frames, *z.shape[1:])
-    out: torch.Tensor | None = None
-    prev_end = 0
-    for start, end in chunk_starts(num_frames, chunk or num_frames, min(overlap, (chunk or num_frames) - 1)):
-        zc = clips[:, start:end].reshape(b * (end - start), *z.shape[1:])
-        x = autoencoder.decode(zc.to(dtype or zc.dtype), num_frames=end - start).float()
-        x = x.reshape(b, end - start, *x.shape[1:])
-        if out is None:
-            out = x.new_empty(b, num_frames, *x.shape[2:])
-        if start < prev_end:  # cross-fade the overlap with what the earlier chunks wrote
-            w = seam_weights(start, prev_end, radius).to(x).reshape(1, -1, *([1] * (x.ndim - 2)))
-            n = prev_end - start
-            out[:, start:prev_end] = out[:, start:prev_end] * (1.0 - w) + x[:, :n] * w
-            out[:, prev_end:end] = x[:, n:]
-        else:
-            out[:, start:end] = x
-        prev_end = end
-    assert out is not None
-    return out.reshape(b * num_frames, *out.shape[2:])
+    out = torch.cat(list(iter_chunked_decode(autoencoder, z, num_frames, chunk, overlap, radius, dtype)), dim=1)
+    return out.reshape(out.shape[0] * num_frames, *out.shape[2:])

@@ -17,7 +17,7 @@ those of the plain sampler.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -30,9 +30,10 @@ from vldm.diffusion.discretization import sigma_schedule
 from vldm.diffusion.guidance import guide, linear_frame_scales
 from vldm.diffusion.noise import Generators, randn, seeded_generators
 from vldm.diffusion.sampler_config import SamplerConfig
-from vldm.diffusion.samplers import SAMPLERS
+from vldm.diffusion.samplers import SAMPLERS, Denoise
 from vldm.models.latent_diffusion import LatentDiffusion
-from vldm.sampling.chunked_decode import chunked_decode, receptive_radius
+from vldm.sampling.chunked_decode import chunked_decode, iter_chunked_decode, receptive_radius
+from vldm.sampling.long_video import LongVideo, denoise_calls, initial_noise, sample_long, segment_count, window_spans
 from vldm.sampling.memory_plan import MemoryPlan, decode_overlap, format_bytes
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,9 @@ class LatentDiffusionSampler:
             return self.conditioner(inputs, force_zero=tuple(k for k in UNCOND_ZERO_KEYS if k != "txt"))
         return self.conditioner(inputs, force_zero=UNCOND_ZERO_KEYS)
 
-    def sample_latents(self, inputs: dict, shape: tuple[int, ...], num_frames: int, cfg: SamplerConfig,
-                       generator: Generators = None) -> torch.Tensor:
-        """Latents ``(b * t, c, h, w)`` for conditioning ``inputs`` of ``b`` samples (``generator``: one,
-        or one per sample)."""
+    def window_denoiser(self, inputs: dict, clips: int, num_frames: int, cfg: SamplerConfig) -> Denoise:
+        """``denoise(x, sigma)`` for ``clips`` clips of ``num_frames`` frames conditioned on ``inputs``,
+        guidance (batched, sequential or none, per the plan) folded in."""
         guided = not (cfg.min_guidance == 1.0 and cfg.max_guidance == 1.0)
         mode = self.plan.cfg_mode if self.plan is not None else "batched"
         if guided and mode == "none":
@@ -136,10 +136,9 @@ class LatentDiffusionSampler:
             if batched:
                 both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
         scales = linear_frame_scales(num_frames, cfg.min_guidance, cfg.max_guidance)
-        b = shape[0] // num_frames
         extra = {}
         if getattr(getattr(self.network, "config", None), "video", False):
-            extra["image_only_indicator"] = torch.zeros(b * (2 if batched else 1), num_frames, device=self.device)
+            extra["image_only_indicator"] = torch.zeros(clips * (2 if batched else 1), num_frames, device=self.device)
         network = self._network_call()
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -156,10 +155,34 @@ class LatentDiffusionSampler:
                                          **extra).chunk(2)
             return guide(out_u, out_c, scales, num_frames)
 
+        return denoise
+
+    def sample_latents(self, inputs: dict, shape: tuple[int, ...], num_frames: int, cfg: SamplerConfig,
+                       generator: Generators = None, long: LongVideo | None = None,
+                       segment_inputs: Sequence[dict] | None = None) -> torch.Tensor:
+        """Latents ``(b * t, c, h, w)`` for conditioning ``inputs`` of ``b`` samples (``generator``: one,
+        or one per sample). ``long``: more frames than the model's window, in windows
+        (:mod:`vldm.sampling.long_video`); ``segment_inputs``: one conditioning per window instead of ``inputs``."""
+        clips = shape[0] // num_frames
         sigmas = sigma_schedule(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(self.device)
-        noise = randn(shape, generator).to(self.device)
-        x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
-        return SAMPLERS[cfg.name](denoise, x, sigmas, progress=cfg.progress)
+        if long is None or not long.applies(num_frames):
+            denoise = self.window_denoiser(inputs, clips, num_frames, cfg)
+            noise = randn(shape, generator).to(self.device)
+            x = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
+            return SAMPLERS[cfg.name](denoise, x, sigmas, progress=cfg.progress)
+        spans = window_spans(num_frames, long.window, long.overlap)
+        per_window = list(segment_inputs) if segment_inputs else [inputs]
+        if len(per_window) not in (1, len(spans)):
+            raise ValueError(f"{len(per_window)} conditionings for {len(spans)} windows: give one, or one per window")
+        made = [self.window_denoiser(i, clips, long.window, cfg) for i in per_window]
+        denoisers = made * len(spans) if len(made) == 1 else made
+        noise = initial_noise(shape, clips, spans, long.noise, generator).to(self.device)
+
+        def solve(denoise: Denoise, x: torch.Tensor) -> torch.Tensor:
+            return SAMPLERS[cfg.name](denoise, x, sigmas, progress=False)
+
+        return sample_long(solve, denoisers, noise, sigmas[0], clips, spans, long,
+                           denoise_calls(cfg.name, cfg.num_steps), progress=cfg.progress)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, chunk_size: int | None = None, num_frames: int | None = None,
@@ -188,49 +211,122 @@ class LatentDiffusionSampler:
         return chunked_decode(self.first_stage, z, t, chunk, overlap, radius, dtype).clamp(-1, 1)
 
     @torch.no_grad()
-    def image_to_video(self, image: torch.Tensor, num_frames: int, fps_id: int = 6, motion_bucket_id: int = 127,
-                       cond_aug: float = 0.02, cfg: SamplerConfig = SamplerConfig(),
-                       seed: int | Sequence[int] = 0) -> torch.Tensor:
-        """``image`` ``(b, 3, h, w)`` in [-1, 1] -> video ``(b, t, 3, h, w)`` in [-1, 1].
+    def decode_stream(self, z: torch.Tensor, num_frames: int, chunk_size: int | None = None) -> Iterator[torch.Tensor]:
+        """Latents of ``b`` clips of ``num_frames`` -> pixel pieces ``(b, t_piece, 3, h, w)`` in [-1, 1], in
+        frame order, ``chunk_size`` frames (default: the plan's, else the whole clip) decoded at a time."""
+        z = z / self.scale_factor
+        radius = receptive_radius(self.first_stage)
+        planned = self.plan.decode_chunk_size if self.plan is not None else None
+        chunk = min((c for c in (chunk_size, planned) if c), default=None)
+        if self.plan is None and radius == 0:
+            clips = z.reshape(z.shape[0] // num_frames, num_frames, *z.shape[1:])
+            step = chunk or num_frames
+            for i in range(0, num_frames, step):
+                part = clips[:, i:i + step]
+                x = self.first_stage.decode(part.reshape(-1, *z.shape[1:])).clamp(-1, 1)
+                yield x.reshape(part.shape[0], part.shape[1], *x.shape[1:])
+            return
+        same = self.plan is not None and chunk == planned
+        overlap = self.plan.decode_overlap if same else decode_overlap(chunk or num_frames, num_frames, radius)
+        dtype = self.plan.torch_vae_dtype if self.plan is not None else None
+        for piece in iter_chunked_decode(self.first_stage, z, num_frames, chunk, overlap, radius, dtype):
+            yield piece.clamp(-1, 1)
 
-        ``seed``: one for the batch, or one per image, so that video ``i`` is what a call with
-        ``image[i:i+1]`` and ``seed[i]`` gives, whatever the batch.
-        """
+    def _video(self, z: torch.Tensor, clips: int, num_frames: int, cfg: SamplerConfig,
+               long: LongVideo | None) -> torch.Tensor:
+        """Decoded ``(b, t, 3, h, w)``: a long clip window by window, else as :meth:`decode` does."""
+        if long is not None and long.applies(num_frames):
+            return torch.cat(list(self.decode_stream(z, num_frames, cfg.decode_chunk_size or long.window)), dim=1)
+        video = self.decode(z, cfg.decode_chunk_size, num_frames=num_frames)
+        return video.reshape(clips, num_frames, *video.shape[1:])
+
+    @torch.no_grad()
+    def image_to_video_latents(self, image: torch.Tensor, num_frames: int, fps_id: int = 6,
+                               motion_bucket_id: int = 127, cond_aug: float = 0.02,
+                               cfg: SamplerConfig = SamplerConfig(), seed: int | Sequence[int] = 0,
+                               long: LongVideo | None = None) -> torch.Tensor:
+        """The latents ``(b * t, c, h, w)`` :meth:`image_to_video` decodes."""
         if not isinstance(seed, int) and len(seed) != image.shape[0]:
             raise ValueError(f"{len(seed)} seeds for {image.shape[0]} images: give one seed, or one per image")
-        self._start_measuring()
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
         generator = seeded_generators(seed)
         image = image.to(self.device) if self.plan is None else image.to(self.device, torch.float32)
         inputs = i2v_inputs(image, fps_id, motion_bucket_id, cond_aug, generator=generator)
         f = self.first_stage.downsample_factor
         c = self.network.config.out_channels
         shape = (image.shape[0] * num_frames, c, image.shape[2] // f, image.shape[3] // f)
-        z = self.sample_latents(inputs, shape, num_frames, cfg, generator)
-        video = self.decode(z, cfg.decode_chunk_size, num_frames=num_frames)
+        return self.sample_latents(inputs, shape, num_frames, cfg, generator, long=long)
+
+    @torch.no_grad()
+    def image_to_video(self, image: torch.Tensor, num_frames: int, fps_id: int = 6, motion_bucket_id: int = 127,
+                       cond_aug: float = 0.02, cfg: SamplerConfig = SamplerConfig(),
+                       seed: int | Sequence[int] = 0, long: LongVideo | None = None) -> torch.Tensor:
+        """``image`` ``(b, 3, h, w)`` in [-1, 1] -> video ``(b, t, 3, h, w)`` in [-1, 1].
+
+        ``seed``: one for the batch, or one per image, so that video ``i`` is what a call with
+        ``image[i:i+1]`` and ``seed[i]`` gives, whatever the batch. ``long``: more frames than the
+        model's window, generated in windows (one conditioning image for all).
+        """
+        self._start_measuring()
+        z = self.image_to_video_latents(image, num_frames, fps_id, motion_bucket_id, cond_aug, cfg, seed, long)
+        video = self._video(z, image.shape[0], num_frames, cfg, long)
         self._stop_measuring()
-        return video.reshape(image.shape[0], num_frames, *video.shape[1:])
+        return video
+
+    @torch.no_grad()
+    def text_to_video_latents(self, captions: Sequence[str], num_frames: int, height: int, width: int,
+                              fps_id: torch.Tensor | int = 6, motion_bucket_id: torch.Tensor | int = 127,
+                              cfg: SamplerConfig = SamplerConfig(), seed: int | Sequence[int] = 0,
+                              long: LongVideo | None = None) -> torch.Tensor:
+        """The latents ``(b * t, c, h, w)`` :meth:`text_to_video` decodes."""
+        if not isinstance(seed, int) and len(seed) != len(captions):
+            raise ValueError(f"{len(seed)} seeds for {len(captions)} captions: give one seed, or one per caption")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        generator = seeded_generators(seed)
+        inputs = t2v_inputs(captions, fps_id, motion_bucket_id, self.device)
+        segments = None
+        if long is not None and long.prompts is not None:
+            count = segment_count(num_frames, long)
+            if len(long.prompts) != count:
+                raise ValueError(f"{len(long.prompts)} segment prompts for {num_frames} frames in {count} windows "
+                                 f"(window {long.window}, overlap {long.overlap}): give exactly {count} prompts, "
+                                 f"one per window, or none")
+            segments = [t2v_inputs([p] * len(captions), fps_id, motion_bucket_id, self.device) for p in long.prompts]
+        f = self.first_stage.downsample_factor
+        shape = (len(captions) * num_frames, self.network.config.out_channels, height // f, width // f)
+        if segments is not None and not long.applies(num_frames):
+            inputs = segments[0]
+        return self.sample_latents(inputs, shape, num_frames, cfg, generator, long=long, segment_inputs=segments)
 
     @torch.no_grad()
     def text_to_video(self, captions: Sequence[str], num_frames: int, height: int, width: int,
                       fps_id: torch.Tensor | int = 6, motion_bucket_id: torch.Tensor | int = 127,
-                      cfg: SamplerConfig = SamplerConfig(), seed: int | Sequence[int] = 0) -> torch.Tensor:
+                      cfg: SamplerConfig = SamplerConfig(), seed: int | Sequence[int] = 0,
+                      long: LongVideo | None = None) -> torch.Tensor:
         """Captions -> videos ``(b, t, 3, h, w)`` in [-1, 1] (the text-to-video base model).
 
         ``seed``: one for the batch, or one per caption, so that video ``i`` is what a call with
         ``captions[i:i+1]`` and ``seed[i]`` gives, whatever the batch. The guidance scale rises from
         ``cfg.min_guidance`` to ``cfg.max_guidance`` over the frames: constant when they are equal.
+        ``long``: more frames than the model's window, in windows (``long.prompts``: one caption per window).
         """
-        if not isinstance(seed, int) and len(seed) != len(captions):
-            raise ValueError(f"{len(seed)} seeds for {len(captions)} captions: give one seed, or one per caption")
         self._start_measuring()
-        generator = seeded_generators(seed)
-        inputs = t2v_inputs(captions, fps_id, motion_bucket_id, self.device)
-        f = self.first_stage.downsample_factor
-        shape = (len(captions) * num_frames, self.network.config.out_channels, height // f, width // f)
-        z = self.sample_latents(inputs, shape, num_frames, cfg, generator)
-        video = self.decode(z, cfg.decode_chunk_size, num_frames=num_frames)
+        z = self.text_to_video_latents(captions, num_frames, height, width, fps_id, motion_bucket_id, cfg, seed, long)
+        video = self._video(z, len(captions), num_frames, cfg, long)
         self._stop_measuring()
-        return video.reshape(len(captions), num_frames, *video.shape[1:])
+        return video
+
+    def video_stream(self, latents: Callable[[], torch.Tensor], num_frames: int, cfg: SamplerConfig,
+                     chunk: int | None = None) -> Iterator[torch.Tensor]:
+        """``latents()`` sampled, then decoded piece by piece ``(b, t_piece, 3, h, w)`` in [-1, 1] (``chunk``
+        frames at a time, e.g. one window), for a writer that takes frames as they come; the peak is
+        measured over the whole."""
+        self._start_measuring()
+        z = latents()
+        yield from self.decode_stream(z, num_frames, cfg.decode_chunk_size or chunk)
+        self._stop_measuring()
 
     @torch.no_grad()
     def text_to_image(self, captions: list[str], height: int, width: int, cfg: SamplerConfig = SamplerConfig(),

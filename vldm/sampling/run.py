@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,6 +28,7 @@ from vldm.sampling.images import fit_size, list_images, load_image, open_image
 from vldm.sampling.memory_plan import format_bytes
 from vldm.sampling.presets import (VideoSettings, container, exported_preset, image_size, run_preset, video_preset,
                                    video_settings)
+from vldm.sampling.long_video import LongVideo, segment_count, window_spans
 from vldm.sampling.prompts import prompt_slug, read_prompts
 
 log = logging.getLogger(__name__)
@@ -242,6 +244,21 @@ def generate(sampler, clip: Clip, cfg: SamplerConfig, seed: int) -> torch.Tensor
                                  motion_bucket_id=s.motion_bucket_id, cfg=cfg, seed=seed)
 
 
+def generate_long(sampler, clip: Clip, cfg: SamplerConfig, seed: int, long: LongVideo) -> Iterator[torch.Tensor]:
+    """A clip longer than the model's window: pieces ``(1, t_piece, 3, h, w)`` decoded a window at a time."""
+    s = clip.settings
+    if clip.image is not None:
+        def latents() -> torch.Tensor:
+            return sampler.image_to_video_latents(clip.image.to(sampler.device), s.num_frames, fps_id=s.fps - 1,
+                                                  motion_bucket_id=s.motion_bucket_id, cond_aug=s.cond_aug, cfg=cfg,
+                                                  seed=seed, long=long)
+    else:
+        def latents() -> torch.Tensor:
+            return sampler.text_to_video_latents([clip.prompt], s.num_frames, s.height, s.width, fps_id=s.fps - 1,
+                                                 motion_bucket_id=s.motion_bucket_id, cfg=cfg, seed=seed, long=long)
+    return sampler.video_stream(latents, s.num_frames, cfg, chunk=long.window)
+
+
 def _sample_clips(cfg: DictConfig, loaded: Loaded, clips: Iterator[Clip], device: torch.device,
                   dtype: torch.dtype) -> list[Path]:
     from vldm.sampling.lean import lean_sampler
@@ -256,9 +273,12 @@ def _sample_clips(cfg: DictConfig, loaded: Loaded, clips: Iterator[Clip], device
     written, planned = [], None
     for i, clip in enumerate(clips):
         settings, seed = clip.settings, cfg.seed + i
-        stem = output_stem(out_dir, clip.name, seed, {**record, **clip.record, "settings": settings.fields()},
+        long = long_settings(cfg, loaded.preset, settings.num_frames, model.task)
+        extra = {"long": long_record(long, settings.num_frames)} if long.applies(settings.num_frames) else {}
+        stem = output_stem(out_dir, clip.name, seed, {**record, **clip.record, "settings": settings.fields(), **extra},
                            ".mp4", cfg.overwrite)
-        size = (settings.num_frames, settings.height, settings.width)
+        frames = long.window if long.applies(settings.num_frames) else settings.num_frames
+        size = (frames, settings.height, settings.width)
         if planned is None or planned[0] != size:
             sampler, plan = lean_sampler(model, device, dtype, cfg.max_memory, *size, sampler_cfg)
             planned = (size, sampler, plan)
@@ -266,16 +286,19 @@ def _sample_clips(cfg: DictConfig, loaded: Loaded, clips: Iterator[Clip], device
                      plan.describe())
         _, sampler, plan = planned
         start = time.perf_counter()
-        video = generate(sampler, clip, sampler_cfg, seed)
+        if extra:
+            write_clip_stream(stem, (p[0] for p in generate_long(sampler, clip, sampler_cfg, seed, long)),
+                              settings.fps, cfg.save_frames)
+        else:
+            write_clip(stem, generate(sampler, clip, sampler_cfg, seed)[0], settings.fps, cfg.save_frames)
         seconds = time.perf_counter() - start
         log.info("clip %d: %.1f s, measured peak memory %s", i + 1, seconds, format_bytes(sampler.peak_memory))
-        write_clip(stem, video[0], settings.fps, cfg.save_frames)
         stem.with_suffix(".json").write_text(json.dumps({
             **clip.info, "task": model.task, "checkpoint": str(cfg.checkpoint), "model": _model_name(cfg, loaded),
             "lora": loaded.loras or [], "lora_merge": bool(cfg.get("lora_merge", False)),
             "seed": seed, **settings.fields(), "fps_id": settings.fps - 1, "sampler": asdict(sampler_cfg),
             "dtype": str(dtype), "device": str(device), "memory_plan": plan.as_dict(),
-            "peak_memory_bytes": sampler.peak_memory, "seconds": round(seconds, 3),
+            "peak_memory_bytes": sampler.peak_memory, "seconds": round(seconds, 3), **extra,
         }, indent=2, default=str))
         log.info("wrote %s", stem.with_suffix(".mp4"))
         written.append(stem.with_suffix(".mp4"))
@@ -292,6 +315,58 @@ def write_clip(stem: Path, video: torch.Tensor, fps: int, save_frames: bool) -> 
     write_gif(stem.with_suffix(".gif"), frames, fps=fps)
     if save_frames:
         write_frames(stem, frames)
+
+
+def write_clip_stream(stem: Path, pieces: Iterator[torch.Tensor], fps: int, save_frames: bool) -> None:
+    """Pieces ``(t_piece, 3, h, w)`` in [-1, 1] encoded into ``stem.mp4`` as they come (the GIF keeps
+    the uint8 frames, a quarter of the float pixels), then ``stem.gif`` (+ its frames)."""
+    from vldm.io.video_io import encode_mp4_chunks, write_gif
+    from vldm.video.pixels import tensor_to_frames
+
+    kept: list = []
+
+    def frames() -> Iterator:
+        for piece in pieces:
+            chunk = tensor_to_frames(piece)
+            kept.append(chunk)
+            yield chunk
+
+    stem.with_suffix(".mp4").write_bytes(encode_mp4_chunks(frames(), fps=fps))
+    all_frames = np.concatenate(kept)
+    write_gif(stem.with_suffix(".gif"), all_frames, fps=fps)
+    if save_frames:
+        write_frames(stem, all_frames)
+
+
+def long_settings(cfg: DictConfig, preset: dict, num_frames: int, task: str) -> LongVideo:
+    """``long.*`` of the command line, the window being the model's trained clip length (its preset)."""
+    node = cfg.get("long")
+    if node is None:
+        return LongVideo()
+    chosen = OmegaConf.to_container(node, resolve=True)
+    prompts = chosen.pop("prompts", None)
+    if prompts is not None and task != "text_to_video":
+        raise ValueError("long.prompts (one caption per window) is for text-to-video models; this is an "
+                         f"{task.replace('_', '-')} model, whose windows all take the one image")
+    window = chosen.pop("window", None) or preset.get("num_frames")
+    if chosen.get("method", "none") != "none" and window is None:
+        raise ValueError(f"long.method={chosen['method']} generates in windows of the model's trained clip length, "
+                         "and this model's preset does not say it: give long.window=FRAMES")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    long = LongVideo(window=int(window) if window is not None else None,
+                     prompts=tuple(prompts) if prompts is not None else None, **chosen)
+    if long.prompts is not None:
+        count = segment_count(num_frames, long)
+        if len(long.prompts) != count:
+            raise ValueError(f"{len(long.prompts)} long.prompts for {num_frames} frames in {count} windows (window "
+                             f"{long.window}, overlap {long.overlap}): give exactly {count}, one per window")
+    return long
+
+
+def long_record(long: LongVideo, num_frames: int) -> dict:
+    """What the json and the name hash say of a clip generated in windows."""
+    return {**asdict(long), "windows": window_spans(num_frames, long.window, long.overlap)}
 
 
 def _model_name(cfg: DictConfig, loaded: Loaded) -> str:
