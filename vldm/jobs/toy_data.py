@@ -72,6 +72,22 @@ def _write_shards(samples: Iterator[dict[str, Any]], pattern: Path, per_shard: i
 
 
 
+def _matching_manifest(root: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest under ``root`` when it was written for ``request`` and its shards are all there; a stale
+    one is removed (never a manifest that does not match the shards)."""
+    path = root / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("request") == request and _is_complete(root, old):
+        return old
+    path.unlink()
+    return None
+
+
 def _is_complete(root: Path, manifest: dict[str, Any]) -> bool:
     shards = manifest.get("shards", {})
     return bool(shards) and all((root / sub / name).is_file() for sub, names in shards.items() for name in names)
@@ -116,15 +132,9 @@ def write_toy_dataset(
     }
     if palette != "dark":
         request["palette"] = palette
+    if (done := _matching_manifest(root, request)) is not None:
+        return done
     manifest_path = root / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("request") == request and _is_complete(root, old):
-            return old
-        manifest_path.unlink()  # stale: never leave a manifest that does not match the shards
     start = time.perf_counter()
     kinds = _kinds_for_train(num_train, reject_fraction, np.random.default_rng(seed))
     counts: dict[str, dict[str, int]] = {"videos/train": {}, "videos/val": {}, "images/train": {}, "images/val": {}}
@@ -204,15 +214,9 @@ def write_camera_dataset(
     root = Path(root)
     request = {"format": "camera-1", "config": asdict(cfg), "num_train": num_train, "num_val": num_val,
                "seed": seed, "samples_per_shard": samples_per_shard}
+    if (done := _matching_manifest(root, request)) is not None:
+        return done
     manifest_path = root / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("request") == request and _is_complete(root, old):
-            return old
-        manifest_path.unlink()
     start = time.perf_counter()
     counts: dict[str, dict[str, int]] = {"videos/train": {}, "videos/val": {}}
 

@@ -10,6 +10,11 @@ import torch
 from torch import nn
 
 
+def warmed_up_decay(decay: float, num_updates: int) -> float:
+    """The decay of update ``num_updates`` (1-based): ``min(decay, (1 + n) / (10 + n))``, as in LDM's ``LitEma``."""
+    return min(decay, (1 + num_updates) / (10 + num_updates))
+
+
 class EMA(nn.Module):
     """Keeps ``shadow``, a frozen copy of a network, and moves it towards the live weights.
 
@@ -29,8 +34,7 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, network: nn.Module) -> None:
         self.num_updates += 1
-        n = float(self.num_updates)
-        decay = min(self.decay, (1 + n) / (10 + n))
+        decay = warmed_up_decay(self.decay, int(self.num_updates))
         live = dict(network.named_parameters())
         for name, shadow in self.shadow.named_parameters():
             shadow.lerp_(live[name].detach().to(shadow.dtype), 1.0 - decay)
@@ -73,8 +77,7 @@ class AdapterEMA(nn.Module):
     @torch.no_grad()
     def update(self, network: nn.Module) -> None:
         self.num_updates += 1
-        n = float(self.num_updates)
-        decay = min(self.decay, (1 + n) / (10 + n))
+        decay = warmed_up_decay(self.decay, int(self.num_updates))
         live = dict(network.named_parameters())
         for name, shadow in self.values().items():
             shadow.lerp_(live[name].detach().to(shadow.dtype), 1.0 - decay)
