@@ -5,6 +5,7 @@ already at its last step."""
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 import subprocess
 import sys
@@ -59,13 +60,17 @@ def test_a_finished_run_trains_nothing_and_says_so(tmp_path: Path, toy_root: Pat
 
 
 @pytest.mark.slow
-def test_resume_force_accepts_a_changed_config(tmp_path: Path, toy_root: Path, smoke_chain: Path) -> None:
+def test_resume_force_accepts_a_changed_config(tmp_path: Path, toy_root: Path, smoke_chain: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     from vldm.training.run import train_stage
 
     run = _copy_run(smoke_chain, tmp_path, "image")
-    result = train_stage(smoke(tmp_path, toy_root, "image", "resume=force", "seed=1", "stage.max_steps=5"))
+    with caplog.at_level(logging.INFO):
+        result = train_stage(smoke(tmp_path, toy_root, "image", "resume=force", "seed=1", "stage.max_steps=5"))
     assert (result.global_step, result.trained_steps) == (5, 1)
     assert "seed: 1" in (run / "config.yaml").read_text()
+    # Lightning restored the checkpoint with torch.load(weights_only=True), not its unsafe default
+    assert "resuming from" in caplog.text and "`weights_only` was not set" not in caplog.text
 
 
 def test_short_runs_log_every_step(smoke_chain: Path) -> None:

@@ -229,7 +229,8 @@ def train_stage(cfg: DictConfig, callbacks: Sequence[Callback] = (), plugins: Se
     if resume_from is not None:
         log.info("resuming from %s (step %d of %d)", resume_from, start_step, cfg.stage.max_steps)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)  # resume loads tensors and plain containers only
     except FloatingPointError as err:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"training stopped: {err}; {kept}") from err
