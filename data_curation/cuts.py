@@ -114,13 +114,16 @@ class CutDetectorConfig:
     dissolve_size: int = 8
     min_dissolve_seconds: float = 0.2
     max_dissolve_seconds: float = 2.0
-    dissolve_end_change: float = 0.8
+    dissolve_end_change: float = 0.7
     dissolve_context_ratio: float = 1.5
     dissolve_end_context: float = 1.5
     dissolve_min_weight: float = 0.2
     dissolve_min_fit: float = 0.5
-    dissolve_max_ramp_error: float = 0.15
+    dissolve_max_fit: float = 1.25
+    dissolve_max_ramp_error: float = 0.25
     dissolve_max_energy_ratio: float = 1.25
+    dissolve_min_colour_change: float = 20.0
+    dissolve_min_colour_fit: float = 0.9
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -178,6 +181,13 @@ class CutDetectorConfig:
             raise ValueError(
                 f"dissolve_min_fit must be in (0, 1] and dissolve_max_ramp_error in (0, 1), got "
                 f"{self.dissolve_min_fit}, {self.dissolve_max_ramp_error}"
+            )
+        if self.dissolve_max_fit < self.dissolve_min_fit:
+            raise ValueError(f"dissolve_max_fit must be >= dissolve_min_fit, got {self.dissolve_max_fit}")
+        if self.dissolve_min_colour_change < 0 or not 0 <= self.dissolve_min_colour_fit <= 1:
+            raise ValueError(
+                f"dissolve_min_colour_change must be >= 0 and dissolve_min_colour_fit in [0, 1], got "
+                f"{self.dissolve_min_colour_change}, {self.dissolve_min_colour_fit}"
             )
 
 

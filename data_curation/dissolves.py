@@ -48,6 +48,7 @@ import numpy as np
 MAX_DISSOLVE_FRAMES: int = 120  # every transition stays under the 128-frame overlap of streamed windows
 CANDIDATE_SLACK: float = 1.25  # candidates may keep this much more detail than a validated dissolve
 COLOUR_GRID: int = 2  # blocks per side of the block-mean colours that place a dissolve's ends
+BLEND_GRID: int = 4  # blocks per side of the block-mean colours whose blend validates a dissolve
 COLOUR_MIN_CHANGE: float = 4.0  # RMS change of those colours (levels) below which the detail energy places them
 
 
@@ -75,7 +76,7 @@ class Thumbnails:
         self.fr, self.frames, self.size, self.step = fr, fr.frames, size, step
         self._z: dict[int, tuple[np.ndarray, float]] = {}
         self._energy: dict[int, tuple[float, float]] = {}
-        self._colour: dict[int, np.ndarray] = {}
+        self._colour: dict[tuple[int, int], np.ndarray] = {}
 
     def _make(self, i: int) -> tuple[np.ndarray, float]:
         v = small_frame(self.fr.cheap(i), self.size).astype(np.float32)
@@ -108,12 +109,12 @@ class Thumbnails:
             self._energy[i] = grad, float(g.mean())
         return self._energy[i]
 
-    def colour(self, i: int) -> np.ndarray:
-        """Mean colour of each of :data:`COLOUR_GRID` x :data:`COLOUR_GRID` blocks of frame ``i`` (cheap size), flattened."""
-        if i not in self._colour:
-            grid = (COLOUR_GRID, COLOUR_GRID)
-            self._colour[i] = cv2.resize(self.fr.cheap(i), grid, interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
-        return self._colour[i]
+    def colour(self, i: int, grid: int = COLOUR_GRID) -> np.ndarray:
+        """Mean colour of each of ``grid`` x ``grid`` blocks of frame ``i`` (cheap size), flattened."""
+        if (i, grid) not in self._colour:
+            size = (grid, grid)
+            self._colour[i, grid] = cv2.resize(self.fr.cheap(i), size, interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+        return self._colour[i, grid]
 
     def energy(self, i: int) -> float:
         """Frame ``i``'s squared gradient over its mean luma squared: fine detail, which a blend of two
@@ -281,6 +282,50 @@ def colour_ramp(th: Thumbnails, p0: int, q0: int) -> tuple[int, int] | None:
     return p + left, q + left
 
 
+def _residuals(basis: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Residual sum of squares of the least-squares fit of ``y`` (T, D) on each ``basis[i]`` (T, k)."""
+    gram = np.einsum("qtk,qtl->qkl", basis, basis) + 1e-9 * np.eye(basis.shape[2])
+    proj = np.einsum("qtk,td->qkd", basis, y)
+    return float((y * y).sum()) - np.einsum("qkd,qkd->q", np.linalg.solve(gram, proj), proj)
+
+
+def blend_span(th: Thumbnails, p0: int, q0: int, grid: int = COLOUR_GRID) -> tuple[int, int]:
+    """``(p, q)`` near ``(p0, q0)`` whose blend of two drifting scenes best explains the block-mean colours.
+
+    The block means of frame ``t`` are modelled as ``(1 - a) (S + (t - p) dS) + a (E + (t - q) dE)``
+    with ``a = clip((t - p) / (q - p), 0, 1)``: each scene's colours drift linearly with its motion
+    (the old scene's extrapolated into the span, the new one's back into it), the dissolve mixes
+    them; ``S, dS, E, dE`` are fitted by least squares for every ``(p, q)`` within a third of the
+    span of ``(p0, q0)``, over a window two thirds of the span wider on each side.
+    """
+    n = len(th.frames)
+    m = max(3, (q0 - p0) // 3)
+    lo, hi = max(0, p0 - 2 * m), min(n - 1, q0 + 2 * m)
+    c = np.stack([th.colour(i, grid) for i in range(lo, hi + 1)])
+    t = np.arange(lo, hi + 1, dtype=np.float64)
+    best, best_err = (p0, q0), np.inf
+    for p in range(max(lo, p0 - m), min(hi, p0 + m) + 1):
+        q = np.arange(max(p + 2, q0 - m), min(hi, q0 + m) + 1)
+        if len(q) == 0:
+            continue
+        a = np.clip((t[None, :] - p) / (q[:, None] - p), 0.0, 1.0)
+        drift_s, drift_e = (t[None, :] - p) / len(t), (t[None, :] - q[:, None]) / len(t)
+        err = _residuals(np.stack([1 - a, a, (1 - a) * drift_s, a * drift_e], -1), c)
+        k = int(np.argmin(err))
+        if err[k] < best_err:
+            best, best_err = (p, int(q[k])), float(err[k])
+    return best
+
+
+def colour_step(th: Thumbnails, s: int, e: int) -> float:
+    """RMS over :data:`BLEND_GRID` x :data:`BLEND_GRID` blocks of the change of their mean colours
+    (levels, the channels' squares summed) from the three frames up to ``s`` to the three from ``e``."""
+    n = len(th.frames)
+    before = np.median([th.colour(i, BLEND_GRID) for i in range(max(0, s - 2), s + 1)], 0)
+    after = np.median([th.colour(i, BLEND_GRID) for i in range(e, min(n, e + 3))], 0)
+    return float(np.sqrt(((after - before) ** 2).reshape(-1, 3).sum(1).mean()))
+
+
 def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
     """What validates a dissolve of the frames strictly between ``p`` and ``q`` (module doc).
 
@@ -297,16 +342,41 @@ def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
     middle = [k for k, a in enumerate(ramp) if 0.3 <= a <= 0.7] or [len(ramp) // 2]
     ratios = [th.energy(p + k) / max((1 - ramp[k]) ** 2 * e_s + ramp[k] ** 2 * e_e, 1e-6) for k in middle]
     own = min(1.0 - _decay(th, p, -1, q - p)[-1], 1.0 - _decay(th, q, +1, q - p)[-1])
+    colour_change, colour_fit = colour_blend(th, p, q)
     return {"end_change": 1.0 - c_se, "end_context": float((1.0 - c_se) / max(own, 0.05)),
             "ramp_error": float(np.sqrt(((weight - ramp) ** 2).mean())), "fit": float(fit[1:-1].mean()),
-            "energy_ratio": float(np.mean(ratios))}
+            "energy_ratio": float(np.mean(ratios)), "colour_change": colour_change, "colour_fit": colour_fit}
+
+
+def colour_blend(th: Thumbnails, p: int, q: int) -> tuple[float, float]:
+    """``(change, R^2)`` of the :data:`BLEND_GRID` x :data:`BLEND_GRID` block-mean colours across the span ``(p, q)``.
+
+    ``change``: RMS over blocks of the colour change (levels, the channels' squares summed) between
+    the medians of the three frames at either end of the window of :func:`blend_span`; ``R^2``: the
+    share of the colours' variance in that window explained by its model of two drifting scenes
+    mixed by the ramp from ``p`` to ``q``. A dissolve changes every block's colours along one
+    ramp; a blob crossing or entering changes a few blocks, along no common ramp.
+    """
+    n = len(th.frames)
+    m = max(3, (q - p) // 3)
+    lo, hi = max(0, p - 2 * m), min(n - 1, q + 2 * m)
+    c = np.stack([th.colour(i, BLEND_GRID) for i in range(lo, hi + 1)])
+    t = np.arange(lo, hi + 1, dtype=np.float64)
+    a = np.clip((t - p) / (q - p), 0.0, 1.0)
+    drift_s, drift_e = (t - p) / len(t), (t - q) / len(t)
+    err = _residuals(np.stack([1 - a, a, (1 - a) * drift_s, a * drift_e], -1)[None], c)[0]
+    total = float(((c - c.mean(0)) ** 2).sum())
+    d = (np.median(c[-3:], 0) - np.median(c[:3], 0)).reshape(-1, 3)
+    return float(np.sqrt((d**2).sum(1).mean())), float(1.0 - err / max(total, 1e-9))
 
 
 def _accepts(ev: dict[str, float], cfg: "DissolveConfig") -> bool:
     """Whether :func:`evidence` meets the dissolve thresholds of ``cfg``."""
     return (ev["end_change"] >= cfg.dissolve_end_change and ev["end_context"] >= cfg.dissolve_end_context
-            and ev["ramp_error"] <= cfg.dissolve_max_ramp_error and ev["fit"] >= cfg.dissolve_min_fit
-            and ev["energy_ratio"] <= cfg.dissolve_max_energy_ratio)
+            and ev["ramp_error"] <= cfg.dissolve_max_ramp_error
+            and cfg.dissolve_min_fit <= ev["fit"] <= cfg.dissolve_max_fit
+            and ev["energy_ratio"] <= cfg.dissolve_max_energy_ratio
+            and ev["colour_change"] >= cfg.dissolve_min_colour_change and ev["colour_fit"] >= cfg.dissolve_min_colour_fit)
 
 
 def validate(th: Thumbnails, cfg: "DissolveConfig", fps: float, s: int, e: int) -> tuple[int, int, float] | None:
@@ -317,7 +387,8 @@ def validate(th: Thumbnails, cfg: "DissolveConfig", fps: float, s: int, e: int) 
     least, most = _limits(cfg, fps)
     by_energy = refine(th, *locate(th, s, e, most))
     by_colour = colour_ramp(th, *by_energy)
-    spans = [by_energy] if by_colour in (None, by_energy) else [by_colour, by_energy]
+    by_blend = blend_span(th, *(by_colour or by_energy))
+    spans = list(dict.fromkeys(sp for sp in (by_blend, by_colour, by_energy) if sp is not None))
     for p, q in spans:
         if least <= q - p - 1 <= most:
             ev = evidence(th, p, q)
@@ -374,6 +445,8 @@ def detect_dissolves(fr: DissolveFrames, cfg: "DissolveConfig", fps: float) -> l
         if any(a <= mid <= b for a, b in tried):
             continue
         tried.append((s, e))
+        if colour_step(th, s, e) < CANDIDATE_SLACK**-1 * cfg.dissolve_min_colour_change:
+            continue
         got = validate(th, cfg, fps, s, e)
         if got is not None and not any(got[0] <= b + 1 and a - 1 <= got[1] for a, b, _ in found):
             found.append(got)
@@ -392,5 +465,8 @@ class DissolveConfig(Protocol):
     dissolve_end_context: float
     dissolve_min_weight: float
     dissolve_min_fit: float
+    dissolve_max_fit: float
     dissolve_max_ramp_error: float
     dissolve_max_energy_ratio: float
+    dissolve_min_colour_change: float
+    dissolve_min_colour_fit: float
