@@ -49,7 +49,9 @@ MAX_DISSOLVE_FRAMES: int = 120  # every transition stays under the 128-frame ove
 CANDIDATE_SLACK: float = 1.25  # candidates may keep this much more detail than a validated dissolve
 COLOUR_GRID: int = 2  # blocks per side of the block-mean colours that place a dissolve's ends
 BLEND_GRID: int = 4  # blocks per side of the block-mean colours whose blend validates a dissolve
-COLOUR_MIN_CHANGE: float = 4.0  # RMS change of those colours (levels) below which the detail energy places them
+COLOUR_MIN_CHANGE: float = 4.0
+COLOUR_MID_SHARE: float = 0.35  # a colour candidate's middle colours: at most this share of the step off the ends' mean
+DETAIL_DIP: float = 0.75  # a colour candidate's middle keeps at most this share of its ends' mean detail energy  # RMS change of those colours (levels) below which the detail energy places them
 
 
 class DissolveFrames(Protocol):
@@ -431,6 +433,44 @@ def candidates(th: Thumbnails, cfg: "DissolveConfig", fps: float) -> list[tuple[
     return sorted(out, reverse=True)
 
 
+def colour_candidates(th: Thumbnails, cfg: "DissolveConfig", fps: float) -> list[tuple[float, int, int]]:
+    """``(score, s, e)`` of sample triples whose block-mean colours step like a dissolve's, best first (module doc).
+
+    On the samples of :func:`candidates`, the :data:`BLEND_GRID` x :data:`BLEND_GRID` block-mean
+    colours change from ``s`` to ``e = s + 2h`` by at least ``dissolve_min_colour_change`` (RMS over
+    blocks) and ``dissolve_context_ratio`` x their change over the ``2h`` samples before or after,
+    the middle's are within :data:`COLOUR_MID_SHARE` of that change from the ends' mean, and the
+    middle keeps at most :data:`DETAIL_DIP` of the ends' mean detail energy (a blend near its
+    middle keeps about half of it). Found where the scenes' own motion decorrelates the thumbnails.
+    """
+    n = len(th.frames)
+    grid = list(range(0, n, th.step))
+    _, most = _limits(cfg, fps)
+    colours = np.stack([th.colour(i, BLEND_GRID) for i in grid]).reshape(len(grid), -1, 3)
+    energy = np.array([th.energy(i) for i in grid])
+
+    def dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.sqrt(((x - y) ** 2).sum(-1).mean(-1))
+
+    out: list[tuple[float, int, int]] = []
+    for h in range(1, max(1, (most + 2) // (2 * th.step)) + 1):
+        if 2 * h >= len(grid):
+            break
+        k = np.arange(len(grid) - 2 * h)
+        step = dist(colours[k + 2 * h], colours[k])
+        before = np.where(k >= 2 * h, dist(colours[k], colours[np.maximum(k - 2 * h, 0)]), np.inf)
+        last = len(grid) - 1
+        after = np.where(k + 4 * h <= last, dist(colours[np.minimum(k + 4 * h, last)], colours[k + 2 * h]), np.inf)
+        context = np.minimum(before, after)
+        context = np.where(np.isinf(context), 0.0, context)
+        middle = dist(colours[k + h], 0.5 * (colours[k] + colours[k + 2 * h]))
+        dip = energy[k + h] / np.maximum(0.5 * (energy[k] + energy[k + 2 * h]), 1e-9)
+        ok = ((step >= cfg.dissolve_min_colour_change) & (step >= cfg.dissolve_context_ratio * context)
+              & (middle <= COLOUR_MID_SHARE * step) & (dip <= DETAIL_DIP))
+        out += [(float(step[i]) / 100.0, grid[i], grid[i + 2 * h]) for i in np.flatnonzero(ok)]
+    return sorted(out, reverse=True)
+
+
 def detect_dissolves(fr: DissolveFrames, cfg: "DissolveConfig", fps: float) -> list[tuple[int, int, float]]:
     """Validated, disjoint dissolves ``(start, end, score)`` (first and last blended frame), sorted.
 
@@ -440,7 +480,7 @@ def detect_dissolves(fr: DissolveFrames, cfg: "DissolveConfig", fps: float) -> l
     th = Thumbnails(fr, cfg.dissolve_size, stride)
     found: list[tuple[int, int, float]] = []
     tried: list[tuple[int, int]] = []
-    for _, s, e in candidates(th, cfg, fps):
+    for _, s, e in sorted(candidates(th, cfg, fps) + colour_candidates(th, cfg, fps), reverse=True):
         mid = (s + e) // 2
         if any(a <= mid <= b for a, b in tried):
             continue

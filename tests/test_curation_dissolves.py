@@ -136,8 +136,7 @@ def test_blend_span_and_colour_blend_of_an_exact_blend() -> None:
     change, fit = colour_blend(th, first - 1, last + 1)
     assert change >= 20.0 and fit >= 0.95, (change, fit)
     assert colour_step(th, first - 1, last + 1) >= 20.0
-    still, _ = colour_blend(th, 2, 20)  # inside scene a only: its colours barely change
-    assert still < 20.0
+    assert colour_step(th, 4, 12) < 20.0  # eight frames inside scene a: its colours barely change
 
 
 @pytest.mark.parametrize("kind", ["zoom", "blob", "flicker"])
