@@ -47,6 +47,7 @@ import numpy as np
 
 MAX_DISSOLVE_FRAMES: int = 120  # every transition stays under the 128-frame overlap of streamed windows
 CANDIDATE_SLACK: float = 1.25  # candidates may keep this much more detail than a validated dissolve
+CANDIDATE_COLOUR_FIT: float = 0.8  # least colour-blend R^2 (:func:`colour_blend`) of a candidate's own span to be validated
 COLOUR_GRID: int = 2  # blocks per side of the block-mean colours that place a dissolve's ends
 BLEND_GRID: int = 4  # blocks per side of the block-mean colours whose blend validates a dissolve
 COLOUR_MIN_CHANGE: float = 4.0
@@ -319,15 +320,6 @@ def blend_span(th: Thumbnails, p0: int, q0: int, grid: int = COLOUR_GRID) -> tup
     return best
 
 
-def colour_step(th: Thumbnails, s: int, e: int) -> float:
-    """RMS over :data:`BLEND_GRID` x :data:`BLEND_GRID` blocks of the change of their mean colours
-    (levels, the channels' squares summed) from the three frames up to ``s`` to the three from ``e``."""
-    n = len(th.frames)
-    before = np.median([th.colour(i, BLEND_GRID) for i in range(max(0, s - 2), s + 1)], 0)
-    after = np.median([th.colour(i, BLEND_GRID) for i in range(e, min(n, e + 3))], 0)
-    return float(np.sqrt(((after - before) ** 2).reshape(-1, 3).sum(1).mean()))
-
-
 def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
     """What validates a dissolve of the frames strictly between ``p`` and ``q`` (module doc).
 
@@ -485,7 +477,11 @@ def detect_dissolves(fr: DissolveFrames, cfg: "DissolveConfig", fps: float) -> l
         if any(a <= mid <= b for a, b in tried):
             continue
         tried.append((s, e))
-        if colour_step(th, s, e) < CANDIDATE_SLACK**-1 * cfg.dissolve_min_colour_change:
+        step = (th.colour(e, BLEND_GRID) - th.colour(s, BLEND_GRID)).reshape(-1, 3)
+        if np.sqrt((step**2).sum(1).mean()) < cfg.dissolve_min_colour_change:
+            continue  # the two samples' block colours (already made) barely differ
+        change, fit = colour_blend(th, s, e)  # the candidate's own ramp, before placing its ends
+        if change < cfg.dissolve_min_colour_change or fit < CANDIDATE_COLOUR_FIT:
             continue
         got = validate(th, cfg, fps, s, e)
         if got is not None and not any(got[0] <= b + 1 and a - 1 <= got[1] for a, b, _ in found):
