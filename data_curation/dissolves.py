@@ -12,30 +12,43 @@ squared luma gradient over the mean luma squared; fine detail of two different s
 correlate, so a blend with weight ``a`` keeps ``(1 - a)^2`` of one's and ``a^2`` of the other's,
 where a pan or fast motion keeps all of it.
 
+A third, motion-proof signal is the **block-mean colours** (the mean colour of each block of a
+2 x 2 or :data:`BLEND_GRID` x :data:`BLEND_GRID` grid): a blend mixes them linearly, and they
+move little and smoothly with the scenes' motion.
+
 * **candidates (cheap)**: on samples ``step`` frames apart (the cascade's pass-1 frames), for
   every half-length ``h`` of dissolves up to ``max_dissolve_seconds``, the triples ``s, m = s +
   h, e = s + 2h`` whose ends differ (``1 - c_se >= dissolve_end_change``) by
   ``dissolve_context_ratio`` x the change across the ``2h`` samples before or after (steady
   motion changes every window alike), whose middle is a blend (both weights >=
   ``dissolve_min_weight``, relative fit >= ``dissolve_min_fit``) and keeps at most
-  :data:`CANDIDATE_SLACK` x ``dissolve_max_energy_ratio`` of the detail a blend would.
+  :data:`CANDIDATE_SLACK` x ``dissolve_max_energy_ratio`` of the detail a blend would; and the
+  triples whose block-mean colours step like a dissolve's (:func:`colour_candidates`: found
+  where the scenes' own motion decorrelates the thumbnails). A candidate is validated only when
+  its two samples' block colours differ by ``dissolve_min_colour_change`` and its own span's
+  colours fit a blend (:func:`colour_blend`, ``R^2 >=`` :data:`CANDIDATE_COLOUR_FIT`).
 * **validation (fine)**, best candidate first, at the full frame rate: a clamped linear ramp
   fitted to the blend weights between ends just outside the candidate, the ends moved out to a
   quarter of its length and refitted until they stay (:func:`locate`); then the span whose
   blend model best explains the detail energy near it (:func:`refine`); then the clamped ramp of
-  the 2 x 2 block-mean colours around that span (:func:`colour_ramp`: a blend mixes them
-  linearly, and they barely move with the scenes' motion), whose ends are tried first, those of
-  the detail energy next (alone when the colours change too little). It is a dissolve when the
-  ends differ (``dissolve_end_change``, and ``dissolve_end_context`` x what either scene changes
-  by itself over the same distance), the weights follow the straight ramp (RMS <=
-  ``dissolve_max_ramp_error``), the relative fit is >= ``dissolve_min_fit``, the middle keeps at
-  most ``dissolve_max_energy_ratio`` x a blend's detail, and it has between ``min_dissolve_seconds
-  * fps - 2`` (at least 2) and ``max_dissolve_seconds * fps`` (at most
+  the 2 x 2 block-mean colours around that span (:func:`colour_ramp`); then, from the colour
+  ramp's ends (else the energy's), the span whose mix of two linearly drifting scenes best
+  explains the 2 x 2 block-mean colours (:func:`blend_span`). Those spans are tried in that
+  order (the blend's, the colour ramp's, the energy's); the first that passes is the dissolve.
+  A span passes when the ends differ (``dissolve_end_change``, and ``dissolve_end_context`` x
+  what either scene changes by itself over the same distance), the weights follow the straight
+  ramp (RMS <= ``dissolve_max_ramp_error``), the relative fit is in ``[dissolve_min_fit,
+  dissolve_max_fit]``, the middle keeps at most ``dissolve_max_energy_ratio`` x a blend's
+  detail, the :data:`BLEND_GRID` x :data:`BLEND_GRID` block colours change by at least
+  ``dissolve_min_colour_change`` and their drifting-blend model explains a share >=
+  ``dissolve_min_colour_fit`` of their variance (:func:`colour_blend`), and it has between
+  ``min_dissolve_seconds * fps - 2`` (at least 2) and ``max_dissolve_seconds * fps`` (at most
   :data:`MAX_DISSOLVE_FRAMES`) blended frames.
 
 A lighting ramp or flicker leaves the normalised thumbnails and the detail energy alike (ends
 that do not differ); a pan, zoom or fast motion keeps its detail, and changes the windows before
-and after as much as the candidate's.
+and after as much as the candidate's; a blob crossing or entering a zoomed-in, flat scene
+changes a few blocks' colours, not every block's along one ramp.
 """
 
 from __future__ import annotations
