@@ -22,8 +22,10 @@ two-pass cascade of our own design:
   is at most ``dip_ratio`` of the luminance around. Cuts inside or next to a fade are dropped.
 * **dissolves** (:mod:`data_curation.dissolves`): candidates from sample triples as far apart as
   a dissolve is long whose ends differ more than the scenes change by themselves and whose
-  middle is a blend of them, validated at the full frame rate (a straight blend-weight ramp, the
-  loss of fine detail a blend has and motion has not); one ``"dissolve"`` transition spans its
+  middle is a blend of them, or whose block-mean colours step with a loss of fine detail,
+  validated at the full frame rate (ends placed by a blend of two drifting scenes' block colours;
+  a straight blend-weight ramp, the loss of fine detail a blend has and motion has not, every
+  block's colours mixed along one ramp); one ``"dissolve"`` transition spans its
   blended frames. Dissolves touching a fade are dropped; cuts touching a dissolve are part of it.
 
 Thresholds were tuned on synthetic data (:mod:`data_curation.synthetic`, ``vldm.data.toy``) and
@@ -81,9 +83,11 @@ class CutDetectorConfig:
     comparing thumbnails of ``dissolve_size`` px; a candidate's ends differ by at least
     ``dissolve_end_change`` (1 - correlation) and ``dissolve_context_ratio`` x the change beside
     it, a validated one by ``dissolve_end_context`` x its scenes' own change over its length;
-    blend weights >= ``dissolve_min_weight``, relative blend fit >= ``dissolve_min_fit``, RMS of
-    the weights about a straight ramp <= ``dissolve_max_ramp_error``, detail kept <=
-    ``dissolve_max_energy_ratio`` x a blend's (:mod:`data_curation.dissolves`).
+    blend weights >= ``dissolve_min_weight``, relative blend fit in ``[dissolve_min_fit,
+    dissolve_max_fit]``, RMS of the weights about a straight ramp <= ``dissolve_max_ramp_error``,
+    detail kept <= ``dissolve_max_energy_ratio`` x a blend's, block-mean colours changing by >=
+    ``dissolve_min_colour_change`` levels (RMS over 4 x 4 blocks) with R^2 >=
+    ``dissolve_min_colour_fit`` of their blend model (:mod:`data_curation.dissolves`).
     """
 
     detector: str = "cascade"
@@ -114,13 +118,16 @@ class CutDetectorConfig:
     dissolve_size: int = 8
     min_dissolve_seconds: float = 0.2
     max_dissolve_seconds: float = 2.0
-    dissolve_end_change: float = 0.8
+    dissolve_end_change: float = 0.7
     dissolve_context_ratio: float = 1.5
     dissolve_end_context: float = 1.5
     dissolve_min_weight: float = 0.2
     dissolve_min_fit: float = 0.5
-    dissolve_max_ramp_error: float = 0.15
+    dissolve_max_fit: float = 1.25
+    dissolve_max_ramp_error: float = 0.25
     dissolve_max_energy_ratio: float = 1.25
+    dissolve_min_colour_change: float = 20.0
+    dissolve_min_colour_fit: float = 0.9
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -178,6 +185,13 @@ class CutDetectorConfig:
             raise ValueError(
                 f"dissolve_min_fit must be in (0, 1] and dissolve_max_ramp_error in (0, 1), got "
                 f"{self.dissolve_min_fit}, {self.dissolve_max_ramp_error}"
+            )
+        if self.dissolve_max_fit < self.dissolve_min_fit:
+            raise ValueError(f"dissolve_max_fit must be >= dissolve_min_fit, got {self.dissolve_max_fit}")
+        if self.dissolve_min_colour_change < 0 or not 0 <= self.dissolve_min_colour_fit <= 1:
+            raise ValueError(
+                f"dissolve_min_colour_change must be >= 0 and dissolve_min_colour_fit in [0, 1], got "
+                f"{self.dissolve_min_colour_change}, {self.dissolve_min_colour_fit}"
             )
 
 

@@ -12,30 +12,43 @@ squared luma gradient over the mean luma squared; fine detail of two different s
 correlate, so a blend with weight ``a`` keeps ``(1 - a)^2`` of one's and ``a^2`` of the other's,
 where a pan or fast motion keeps all of it.
 
+A third, motion-proof signal is the **block-mean colours** (the mean colour of each block of a
+2 x 2 or :data:`BLEND_GRID` x :data:`BLEND_GRID` grid): a blend mixes them linearly, and they
+move little and smoothly with the scenes' motion.
+
 * **candidates (cheap)**: on samples ``step`` frames apart (the cascade's pass-1 frames), for
   every half-length ``h`` of dissolves up to ``max_dissolve_seconds``, the triples ``s, m = s +
   h, e = s + 2h`` whose ends differ (``1 - c_se >= dissolve_end_change``) by
   ``dissolve_context_ratio`` x the change across the ``2h`` samples before or after (steady
   motion changes every window alike), whose middle is a blend (both weights >=
   ``dissolve_min_weight``, relative fit >= ``dissolve_min_fit``) and keeps at most
-  :data:`CANDIDATE_SLACK` x ``dissolve_max_energy_ratio`` of the detail a blend would.
+  :data:`CANDIDATE_SLACK` x ``dissolve_max_energy_ratio`` of the detail a blend would; and the
+  triples whose block-mean colours step like a dissolve's (:func:`colour_candidates`: found
+  where the scenes' own motion decorrelates the thumbnails). A candidate is validated only when
+  its two samples' block colours differ by ``dissolve_min_colour_change`` and its own span's
+  colours fit a blend (:func:`colour_blend`, ``R^2 >=`` :data:`CANDIDATE_COLOUR_FIT`).
 * **validation (fine)**, best candidate first, at the full frame rate: a clamped linear ramp
   fitted to the blend weights between ends just outside the candidate, the ends moved out to a
   quarter of its length and refitted until they stay (:func:`locate`); then the span whose
   blend model best explains the detail energy near it (:func:`refine`); then the clamped ramp of
-  the 2 x 2 block-mean colours around that span (:func:`colour_ramp`: a blend mixes them
-  linearly, and they barely move with the scenes' motion), whose ends are tried first, those of
-  the detail energy next (alone when the colours change too little). It is a dissolve when the
-  ends differ (``dissolve_end_change``, and ``dissolve_end_context`` x what either scene changes
-  by itself over the same distance), the weights follow the straight ramp (RMS <=
-  ``dissolve_max_ramp_error``), the relative fit is >= ``dissolve_min_fit``, the middle keeps at
-  most ``dissolve_max_energy_ratio`` x a blend's detail, and it has between ``min_dissolve_seconds
-  * fps - 2`` (at least 2) and ``max_dissolve_seconds * fps`` (at most
+  the 2 x 2 block-mean colours around that span (:func:`colour_ramp`); then, from the colour
+  ramp's ends (else the energy's), the span whose mix of two linearly drifting scenes best
+  explains the 2 x 2 block-mean colours (:func:`blend_span`). Those spans are tried in that
+  order (the blend's, the colour ramp's, the energy's); the first that passes is the dissolve.
+  A span passes when the ends differ (``dissolve_end_change``, and ``dissolve_end_context`` x
+  what either scene changes by itself over the same distance), the weights follow the straight
+  ramp (RMS <= ``dissolve_max_ramp_error``), the relative fit is in ``[dissolve_min_fit,
+  dissolve_max_fit]``, the middle keeps at most ``dissolve_max_energy_ratio`` x a blend's
+  detail, the :data:`BLEND_GRID` x :data:`BLEND_GRID` block colours change by at least
+  ``dissolve_min_colour_change`` and their drifting-blend model explains a share >=
+  ``dissolve_min_colour_fit`` of their variance (:func:`colour_blend`), and it has between
+  ``min_dissolve_seconds * fps - 2`` (at least 2) and ``max_dissolve_seconds * fps`` (at most
   :data:`MAX_DISSOLVE_FRAMES`) blended frames.
 
 A lighting ramp or flicker leaves the normalised thumbnails and the detail energy alike (ends
 that do not differ); a pan, zoom or fast motion keeps its detail, and changes the windows before
-and after as much as the candidate's.
+and after as much as the candidate's; a blob crossing or entering a zoomed-in, flat scene
+changes a few blocks' colours, not every block's along one ramp.
 """
 
 from __future__ import annotations
@@ -47,8 +60,12 @@ import numpy as np
 
 MAX_DISSOLVE_FRAMES: int = 120  # every transition stays under the 128-frame overlap of streamed windows
 CANDIDATE_SLACK: float = 1.25  # candidates may keep this much more detail than a validated dissolve
+CANDIDATE_COLOUR_FIT: float = 0.8  # least colour-blend R^2 (:func:`colour_blend`) of a candidate's own span to be validated
 COLOUR_GRID: int = 2  # blocks per side of the block-mean colours that place a dissolve's ends
-COLOUR_MIN_CHANGE: float = 4.0  # RMS change of those colours (levels) below which the detail energy places them
+BLEND_GRID: int = 4  # blocks per side of the block-mean colours whose blend validates a dissolve
+COLOUR_MIN_CHANGE: float = 4.0
+COLOUR_MID_SHARE: float = 0.35  # a colour candidate's middle colours: at most this share of the step off the ends' mean
+DETAIL_DIP: float = 0.75  # a colour candidate's middle keeps at most this share of its ends' mean detail energy  # RMS change of those colours (levels) below which the detail energy places them
 
 
 class DissolveFrames(Protocol):
@@ -75,7 +92,7 @@ class Thumbnails:
         self.fr, self.frames, self.size, self.step = fr, fr.frames, size, step
         self._z: dict[int, tuple[np.ndarray, float]] = {}
         self._energy: dict[int, tuple[float, float]] = {}
-        self._colour: dict[int, np.ndarray] = {}
+        self._colour: dict[tuple[int, int], np.ndarray] = {}
 
     def _make(self, i: int) -> tuple[np.ndarray, float]:
         v = small_frame(self.fr.cheap(i), self.size).astype(np.float32)
@@ -108,12 +125,12 @@ class Thumbnails:
             self._energy[i] = grad, float(g.mean())
         return self._energy[i]
 
-    def colour(self, i: int) -> np.ndarray:
-        """Mean colour of each of :data:`COLOUR_GRID` x :data:`COLOUR_GRID` blocks of frame ``i`` (cheap size), flattened."""
-        if i not in self._colour:
-            grid = (COLOUR_GRID, COLOUR_GRID)
-            self._colour[i] = cv2.resize(self.fr.cheap(i), grid, interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
-        return self._colour[i]
+    def colour(self, i: int, grid: int = COLOUR_GRID) -> np.ndarray:
+        """Mean colour of each of ``grid`` x ``grid`` blocks of frame ``i`` (cheap size), flattened."""
+        if (i, grid) not in self._colour:
+            size = (grid, grid)
+            self._colour[i, grid] = cv2.resize(self.fr.cheap(i), size, interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+        return self._colour[i, grid]
 
     def energy(self, i: int) -> float:
         """Frame ``i``'s squared gradient over its mean luma squared: fine detail, which a blend of two
@@ -281,6 +298,41 @@ def colour_ramp(th: Thumbnails, p0: int, q0: int) -> tuple[int, int] | None:
     return p + left, q + left
 
 
+def _residuals(basis: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Residual sum of squares of the least-squares fit of ``y`` (T, D) on each ``basis[i]`` (T, k)."""
+    gram = np.einsum("qtk,qtl->qkl", basis, basis) + 1e-9 * np.eye(basis.shape[2])
+    proj = np.einsum("qtk,td->qkd", basis, y)
+    return float((y * y).sum()) - np.einsum("qkd,qkd->q", np.linalg.solve(gram, proj), proj)
+
+
+def blend_span(th: Thumbnails, p0: int, q0: int, grid: int = COLOUR_GRID) -> tuple[int, int]:
+    """``(p, q)`` near ``(p0, q0)`` whose blend of two drifting scenes best explains the block-mean colours.
+
+    The block means of frame ``t`` are modelled as ``(1 - a) (S + (t - p) dS) + a (E + (t - q) dE)``
+    with ``a = clip((t - p) / (q - p), 0, 1)``: each scene's colours drift linearly with its motion
+    (the old scene's extrapolated into the span, the new one's back into it), the dissolve mixes
+    them; ``S, dS, E, dE`` are fitted by least squares for every ``(p, q)`` within a third of the
+    span of ``(p0, q0)``, over a window two thirds of the span wider on each side.
+    """
+    n = len(th.frames)
+    m = max(3, (q0 - p0) // 3)
+    lo, hi = max(0, p0 - 2 * m), min(n - 1, q0 + 2 * m)
+    c = np.stack([th.colour(i, grid) for i in range(lo, hi + 1)])
+    t = np.arange(lo, hi + 1, dtype=np.float64)
+    best, best_err = (p0, q0), np.inf
+    for p in range(max(lo, p0 - m), min(hi, p0 + m) + 1):
+        q = np.arange(max(p + 2, q0 - m), min(hi, q0 + m) + 1)
+        if len(q) == 0:
+            continue
+        a = np.clip((t[None, :] - p) / (q[:, None] - p), 0.0, 1.0)
+        drift_s, drift_e = (t[None, :] - p) / len(t), (t[None, :] - q[:, None]) / len(t)
+        err = _residuals(np.stack([1 - a, a, (1 - a) * drift_s, a * drift_e], -1), c)
+        k = int(np.argmin(err))
+        if err[k] < best_err:
+            best, best_err = (p, int(q[k])), float(err[k])
+    return best
+
+
 def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
     """What validates a dissolve of the frames strictly between ``p`` and ``q`` (module doc).
 
@@ -297,16 +349,41 @@ def evidence(th: Thumbnails, p: int, q: int) -> dict[str, float]:
     middle = [k for k, a in enumerate(ramp) if 0.3 <= a <= 0.7] or [len(ramp) // 2]
     ratios = [th.energy(p + k) / max((1 - ramp[k]) ** 2 * e_s + ramp[k] ** 2 * e_e, 1e-6) for k in middle]
     own = min(1.0 - _decay(th, p, -1, q - p)[-1], 1.0 - _decay(th, q, +1, q - p)[-1])
+    colour_change, colour_fit = colour_blend(th, p, q)
     return {"end_change": 1.0 - c_se, "end_context": float((1.0 - c_se) / max(own, 0.05)),
             "ramp_error": float(np.sqrt(((weight - ramp) ** 2).mean())), "fit": float(fit[1:-1].mean()),
-            "energy_ratio": float(np.mean(ratios))}
+            "energy_ratio": float(np.mean(ratios)), "colour_change": colour_change, "colour_fit": colour_fit}
+
+
+def colour_blend(th: Thumbnails, p: int, q: int) -> tuple[float, float]:
+    """``(change, R^2)`` of the :data:`BLEND_GRID` x :data:`BLEND_GRID` block-mean colours across the span ``(p, q)``.
+
+    ``change``: RMS over blocks of the colour change (levels, the channels' squares summed) between
+    the medians of the three frames at either end of the window of :func:`blend_span`; ``R^2``: the
+    share of the colours' variance in that window explained by its model of two drifting scenes
+    mixed by the ramp from ``p`` to ``q``. A dissolve changes every block's colours along one
+    ramp; a blob crossing or entering changes a few blocks, along no common ramp.
+    """
+    n = len(th.frames)
+    m = max(3, (q - p) // 3)
+    lo, hi = max(0, p - 2 * m), min(n - 1, q + 2 * m)
+    c = np.stack([th.colour(i, BLEND_GRID) for i in range(lo, hi + 1)])
+    t = np.arange(lo, hi + 1, dtype=np.float64)
+    a = np.clip((t - p) / (q - p), 0.0, 1.0)
+    drift_s, drift_e = (t - p) / len(t), (t - q) / len(t)
+    err = _residuals(np.stack([1 - a, a, (1 - a) * drift_s, a * drift_e], -1)[None], c)[0]
+    total = float(((c - c.mean(0)) ** 2).sum())
+    d = (np.median(c[-3:], 0) - np.median(c[:3], 0)).reshape(-1, 3)
+    return float(np.sqrt((d**2).sum(1).mean())), float(1.0 - err / max(total, 1e-9))
 
 
 def _accepts(ev: dict[str, float], cfg: "DissolveConfig") -> bool:
     """Whether :func:`evidence` meets the dissolve thresholds of ``cfg``."""
     return (ev["end_change"] >= cfg.dissolve_end_change and ev["end_context"] >= cfg.dissolve_end_context
-            and ev["ramp_error"] <= cfg.dissolve_max_ramp_error and ev["fit"] >= cfg.dissolve_min_fit
-            and ev["energy_ratio"] <= cfg.dissolve_max_energy_ratio)
+            and ev["ramp_error"] <= cfg.dissolve_max_ramp_error
+            and cfg.dissolve_min_fit <= ev["fit"] <= cfg.dissolve_max_fit
+            and ev["energy_ratio"] <= cfg.dissolve_max_energy_ratio
+            and ev["colour_change"] >= cfg.dissolve_min_colour_change and ev["colour_fit"] >= cfg.dissolve_min_colour_fit)
 
 
 def validate(th: Thumbnails, cfg: "DissolveConfig", fps: float, s: int, e: int) -> tuple[int, int, float] | None:
@@ -317,7 +394,8 @@ def validate(th: Thumbnails, cfg: "DissolveConfig", fps: float, s: int, e: int) 
     least, most = _limits(cfg, fps)
     by_energy = refine(th, *locate(th, s, e, most))
     by_colour = colour_ramp(th, *by_energy)
-    spans = [by_energy] if by_colour in (None, by_energy) else [by_colour, by_energy]
+    by_blend = blend_span(th, *(by_colour or by_energy))
+    spans = list(dict.fromkeys(sp for sp in (by_blend, by_colour, by_energy) if sp is not None))
     for p, q in spans:
         if least <= q - p - 1 <= most:
             ev = evidence(th, p, q)
@@ -360,6 +438,44 @@ def candidates(th: Thumbnails, cfg: "DissolveConfig", fps: float) -> list[tuple[
     return sorted(out, reverse=True)
 
 
+def colour_candidates(th: Thumbnails, cfg: "DissolveConfig", fps: float) -> list[tuple[float, int, int]]:
+    """``(score, s, e)`` of sample triples whose block-mean colours step like a dissolve's, best first (module doc).
+
+    On the samples of :func:`candidates`, the :data:`BLEND_GRID` x :data:`BLEND_GRID` block-mean
+    colours change from ``s`` to ``e = s + 2h`` by at least ``dissolve_min_colour_change`` (RMS over
+    blocks) and ``dissolve_context_ratio`` x their change over the ``2h`` samples before or after,
+    the middle's are within :data:`COLOUR_MID_SHARE` of that change from the ends' mean, and the
+    middle keeps at most :data:`DETAIL_DIP` of the ends' mean detail energy (a blend near its
+    middle keeps about half of it). Found where the scenes' own motion decorrelates the thumbnails.
+    """
+    n = len(th.frames)
+    grid = list(range(0, n, th.step))
+    _, most = _limits(cfg, fps)
+    colours = np.stack([th.colour(i, BLEND_GRID) for i in grid]).reshape(len(grid), -1, 3)
+    energy = np.array([th.energy(i) for i in grid])
+
+    def dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.sqrt(((x - y) ** 2).sum(-1).mean(-1))
+
+    out: list[tuple[float, int, int]] = []
+    for h in range(1, max(1, (most + 2) // (2 * th.step)) + 1):
+        if 2 * h >= len(grid):
+            break
+        k = np.arange(len(grid) - 2 * h)
+        step = dist(colours[k + 2 * h], colours[k])
+        before = np.where(k >= 2 * h, dist(colours[k], colours[np.maximum(k - 2 * h, 0)]), np.inf)
+        last = len(grid) - 1
+        after = np.where(k + 4 * h <= last, dist(colours[np.minimum(k + 4 * h, last)], colours[k + 2 * h]), np.inf)
+        context = np.minimum(before, after)
+        context = np.where(np.isinf(context), 0.0, context)
+        middle = dist(colours[k + h], 0.5 * (colours[k] + colours[k + 2 * h]))
+        dip = energy[k + h] / np.maximum(0.5 * (energy[k] + energy[k + 2 * h]), 1e-9)
+        ok = ((step >= cfg.dissolve_min_colour_change) & (step >= cfg.dissolve_context_ratio * context)
+              & (middle <= COLOUR_MID_SHARE * step) & (dip <= DETAIL_DIP))
+        out += [(float(step[i]) / 100.0, grid[i], grid[i + 2 * h]) for i in np.flatnonzero(ok)]
+    return sorted(out, reverse=True)
+
+
 def detect_dissolves(fr: DissolveFrames, cfg: "DissolveConfig", fps: float) -> list[tuple[int, int, float]]:
     """Validated, disjoint dissolves ``(start, end, score)`` (first and last blended frame), sorted.
 
@@ -369,11 +485,17 @@ def detect_dissolves(fr: DissolveFrames, cfg: "DissolveConfig", fps: float) -> l
     th = Thumbnails(fr, cfg.dissolve_size, stride)
     found: list[tuple[int, int, float]] = []
     tried: list[tuple[int, int]] = []
-    for _, s, e in candidates(th, cfg, fps):
+    for _, s, e in sorted(candidates(th, cfg, fps) + colour_candidates(th, cfg, fps), reverse=True):
         mid = (s + e) // 2
         if any(a <= mid <= b for a, b in tried):
             continue
         tried.append((s, e))
+        step = (th.colour(e, BLEND_GRID) - th.colour(s, BLEND_GRID)).reshape(-1, 3)
+        if np.sqrt((step**2).sum(1).mean()) < cfg.dissolve_min_colour_change:
+            continue  # the two samples' block colours (already made) barely differ
+        change, fit = colour_blend(th, s, e)  # the candidate's own ramp, before placing its ends
+        if change < cfg.dissolve_min_colour_change or fit < CANDIDATE_COLOUR_FIT:
+            continue
         got = validate(th, cfg, fps, s, e)
         if got is not None and not any(got[0] <= b + 1 and a - 1 <= got[1] for a, b, _ in found):
             found.append(got)
@@ -392,5 +514,8 @@ class DissolveConfig(Protocol):
     dissolve_end_context: float
     dissolve_min_weight: float
     dissolve_min_fit: float
+    dissolve_max_fit: float
     dissolve_max_ramp_error: float
     dissolve_max_energy_ratio: float
+    dissolve_min_colour_change: float
+    dissolve_min_colour_fit: float

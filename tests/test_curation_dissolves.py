@@ -108,3 +108,50 @@ def test_benchmark_dissolves_between_moving_scenes_located_within_three_frames(t
     found = _dissolves(detect_transitions(frames, fps))
     first, last = case.truth
     assert any(abs(t.start - first) <= 3 and abs(t.end - last) <= 3 for t in found), (found, first, last)
+
+
+def test_colour_blend_config_validation() -> None:
+    for bad in (dict(dissolve_max_fit=0.4), dict(dissolve_min_colour_change=-1.0), dict(dissolve_min_colour_fit=1.5)):
+        with pytest.raises(ValueError, match="dissolve_m"):
+            CutDetectorConfig(**bad)
+
+
+def test_blend_span_and_colour_blend_of_an_exact_blend() -> None:
+    """The block-mean colours of two drifting scenes mixed by a ramp: the span within a frame, R^2 near 1."""
+    from data_curation.dissolves import Thumbnails, blend_span, colour_blend
+
+    a = _scene(51, 60, Motion(pan=(1.5, 0.5), blobs=1))
+    b = _scene(52, 60, Motion(pan=(-1.0, 0.5), blobs=1))
+    video, (first, last) = _blend(a, b, 30)
+
+    class Frames:
+        frames = video
+
+        def cheap(self, i: int) -> np.ndarray:
+            return cv2.resize(video[i], (57, 32), interpolation=cv2.INTER_AREA)
+
+    th = Thumbnails(Frames(), 8, 4)
+    p, q = blend_span(th, first - 1 + 4, last + 1 - 3)
+    assert abs(p - (first - 1)) <= 1 and abs(q - (last + 1)) <= 1, (p, q, first, last)
+    change, fit = colour_blend(th, first - 1, last + 1)
+    assert change >= 20.0 and fit >= 0.95, (change, fit)
+    assert colour_blend(th, 4, 12)[0] < 20.0  # eight frames inside scene a: its colours barely change
+
+
+@pytest.mark.parametrize("kind", ["zoom", "blob", "flicker"])
+def test_zooms_blobs_and_flicker_are_not_dissolves(kind: str) -> None:
+    motion = no_cut_motion(kind, np.random.default_rng(7))
+    video = _scene(43, 150, motion)
+    assert detect_transitions(video, FPS) == []
+
+
+@pytest.mark.parametrize("index", [27, 31])
+def test_benchmark_long_dissolves_between_fast_moving_scenes(tmp_path, index: int) -> None:
+    """Benchmark dissolves of 1.4 s (seed 7, 480x270 and 320x180) whose thumbnails decorrelate by motion: within 3 frames."""
+    from bench.transitions import make_dissolves
+
+    (case,) = make_dissolves(tmp_path, index + 1, 7, only={index})
+    frames, fps = decode_video(case.path, 128)
+    found = _dissolves(detect_transitions(frames, fps))
+    first, last = case.truth
+    assert any(abs(t.start - first) <= 3 and abs(t.end - last) <= 3 for t in found), (found, first, last)
