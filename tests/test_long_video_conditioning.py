@@ -109,3 +109,33 @@ def test_carried_conditioning_refuses_what_it_cannot_do(sampler: LatentDiffusion
     with pytest.raises(ValueError, match="long.condition=carried-concat .* an image-to-video input"):
         t2v.text_to_video(["a red circle"], 10, 32, 32, cfg=CFG,
                           long=LongVideo("extend", 4, 2, condition="carried-concat"))
+
+
+def test_reconstruction_guidance_moves_the_new_frames_down_the_carried_frames_error() -> None:
+    """D(x) = every frame the mean frame: the gradient of 0.5 * |D(x)[:2] - known|^2 wrt each frame is
+    (2 * mean - known_0 - known_1) / 4, subtracted (times the weight) from the new frames' prediction."""
+    from vldm.sampling.long_video import carried_denoiser
+
+    gen = torch.Generator().manual_seed(0)
+    known, known_noise = torch.randn(1, 2, 3, 2, 2, generator=gen), torch.randn(1, 2, 3, 2, 2, generator=gen)
+    x, sigma = torch.randn(4, 3, 2, 2, generator=gen), torch.tensor(0.5)
+
+    def mean_frame(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return v.mean(dim=0, keepdim=True).expand_as(v)
+
+    with torch.no_grad():  # as the samplers run
+        plain = carried_denoiser(mean_frame, known, known_noise, 1)(x, sigma)
+        guided = carried_denoiser(mean_frame, known, known_noise, 1, reconstruction=2.0)(x, sigma)
+    entered = torch.cat([known[0] + sigma * known_noise[0], x[2:]])
+    mean = entered.mean(dim=0)
+    assert torch.allclose(plain[2:], mean.expand(2, 3, 2, 2), atol=1e-6)
+    grad = (2 * mean - known[0, 0] - known[0, 1]) / 4
+    assert torch.allclose(guided[2:], (mean - 2.0 * grad).expand(2, 3, 2, 2), atol=1e-5)
+    assert torch.equal(guided[:2], known[0]) and not torch.allclose(guided, plain)
+
+
+def test_reconstruction_guidance_is_refused_where_nothing_is_carried() -> None:
+    with pytest.raises(ValueError, match="long.reconstruction .* needs long.method=extend .* got 1.0 with long.method=windows"):
+        LongVideo("windows", 4, 2, reconstruction=1.0)
+    with pytest.raises(ValueError, match="a weight of at least 0, got -1.0"):
+        LongVideo("extend", 4, 2, reconstruction=-1.0)

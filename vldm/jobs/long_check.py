@@ -36,6 +36,9 @@ METHODS: dict[str, dict] = {
     "extend+carried": dict(method="extend", condition="carried"),
     "extend+carried-concat": dict(method="extend", condition="carried-concat"),
     "extend+carried+anchor": dict(method="extend", condition="carried", anchor=True),
+    "extend+recon": dict(method="extend", reconstruction=1.0),
+    "extend+recon4": dict(method="extend", reconstruction=4.0),
+    "extend+carried-concat+recon": dict(method="extend", condition="carried-concat", reconstruction=1.0),
 }
 
 
