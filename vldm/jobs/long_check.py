@@ -4,7 +4,9 @@ Image-to-video from held-out first frames, ``--num-frames`` frames on a model tr
 with :mod:`vldm.evaluation.long_metrics` (colour drift, seam jump, motion continuation). Naive
 chaining decodes each window's last frame and conditions the next window on it (the next window's
 first frame, a copy of that image, is dropped). A sanity row scores the real clips' first
-``window`` frames looped to the same length: no drift, a hard seam at every loop.
+``window`` frames looped to the same length: no drift, a hard seam at every loop. A ceiling row scores
+plain samples of the trained length split into two halves: how often the model's own motion in the
+second half continues that of the first, which no stitching of its windows can beat.
 
 ``python -m vldm.jobs.long_check --checkpoint runs/demo/i2v --data data/toy``
 
@@ -117,6 +119,9 @@ def run_long_check(checkpoint: str | Path, data_dir: str | Path, num_frames: int
         s = long_scores(frames, boundaries)
         rows.append(Row(name, s, s.drift_delta_e <= DRIFT_FRACTION * chain.drift_delta_e
                         and s.seam_jump <= SEAM_TARGET and s.continuation >= CONTINUATION_TARGET))
+    if window >= 6:  # colour drift compares the first and last 3 frames
+        one = tensor_to_frames(sampler.image_to_video(real[:, 0], window, seed=seeds, **kwargs))
+        rows.append(Row(f"one {window}-frame sample, halves (ceiling)", long_scores(one, [window // 2]), None))
     rows.append(Row(f"real first {window} frames looped", long_scores(
         looped(tensor_to_frames(real), num_frames, window), list(range(window, num_frames, window))), None))
     if out_dir is not None:
