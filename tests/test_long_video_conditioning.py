@@ -139,3 +139,13 @@ def test_reconstruction_guidance_is_refused_where_nothing_is_carried() -> None:
         LongVideo("windows", 4, 2, reconstruction=1.0)
     with pytest.raises(ValueError, match="a weight of at least 0, got -1.0"):
         LongVideo("extend", 4, 2, reconstruction=-1.0)
+
+
+def test_sample_config_takes_the_condition_and_the_reconstruction_weight() -> None:
+    from tests.helpers.configs import compose
+    from vldm.sampling.run import long_settings
+
+    cfg = compose("sample", ["long.method=extend", "long.condition=carried", "long.reconstruction=0.5"])
+    long = long_settings(cfg, {"num_frames": 6}, 24, "image_to_video")
+    assert (long.window, long.overlap, long.condition, long.reconstruction) == (6, 3, "carried", 0.5)
+    assert long_settings(compose("sample", []), {"num_frames": 6}, 24, "image_to_video").method == "none"
