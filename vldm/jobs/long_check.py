@@ -4,7 +4,9 @@ Image-to-video from held-out first frames, ``--num-frames`` frames on a model tr
 with :mod:`vldm.evaluation.long_metrics` (colour drift, seam jump, motion continuation). Naive
 chaining decodes each window's last frame and conditions the next window on it (the next window's
 first frame, a copy of that image, is dropped). A sanity row scores the real clips' first
-``window`` frames looped to the same length: no drift, a hard seam at every loop.
+``window`` frames looped to the same length: no drift, a hard seam at every loop. A ceiling row scores
+plain samples of the trained length split into two halves: how often the model's own motion in the
+second half continues that of the first, which no stitching of its windows can beat.
 
 ``python -m vldm.jobs.long_check --checkpoint runs/demo/i2v --data data/toy``
 
@@ -33,6 +35,12 @@ METHODS: dict[str, dict] = {
     "windows+anchor": dict(method="windows", anchor=True),
     "extend": dict(method="extend"),
     "extend+anchor": dict(method="extend", anchor=True),
+    "extend+carried": dict(method="extend", condition="carried"),
+    "extend+carried-concat": dict(method="extend", condition="carried-concat"),
+    "extend+carried+anchor": dict(method="extend", condition="carried", anchor=True),
+    "extend+recon": dict(method="extend", reconstruction=1.0),
+    "extend+recon4": dict(method="extend", reconstruction=4.0),
+    "extend+carried-concat+recon": dict(method="extend", condition="carried-concat", reconstruction=1.0),
 }
 
 
@@ -66,7 +74,7 @@ def looped(frames: np.ndarray, num_frames: int, window: int) -> np.ndarray:
     return np.concatenate([frames[:, :window]] * reps, axis=1)[:, :num_frames]
 
 
-def run_long_check(checkpoint: str | Path, data_dir: str | Path, num_frames: int = 24, overlap: int = 2,
+def run_long_check(checkpoint: str | Path, data_dir: str | Path, num_frames: int = 24, overlap: int | None = None,
                    num_clips: int = 16, seed: int = 0, methods: list[str] | None = None,
                    out_dir: Path | None = None, steps: int | None = None) -> list[Row]:
     from vldm.checkpoints.load import load_run
@@ -95,6 +103,7 @@ def run_long_check(checkpoint: str | Path, data_dir: str | Path, num_frames: int
                   motion_bucket_id=torch.tensor([c["motion_bucket_id"] for c in clips]), cond_aug=0.02,
                   cfg=replace(model.sampler_cfg, num_steps=steps or model.sampler_cfg.num_steps))
     seeds = [seed + i for i in range(len(clips))]
+    overlap = window // 2 if overlap is None else overlap
     spans = window_spans(num_frames, window, overlap)
     videos = {"naive chaining": (tensor_to_frames(chain_by_last_frame(sampler, real[:, 0], num_frames, window,
                                                                       seeds, **kwargs)),
@@ -110,6 +119,9 @@ def run_long_check(checkpoint: str | Path, data_dir: str | Path, num_frames: int
         s = long_scores(frames, boundaries)
         rows.append(Row(name, s, s.drift_delta_e <= DRIFT_FRACTION * chain.drift_delta_e
                         and s.seam_jump <= SEAM_TARGET and s.continuation >= CONTINUATION_TARGET))
+    if window >= 6:  # colour drift compares the first and last 3 frames
+        one = tensor_to_frames(sampler.image_to_video(real[:, 0], window, seed=seeds, **kwargs))
+        rows.append(Row(f"one {window}-frame sample, halves (ceiling)", long_scores(one, [window // 2]), None))
     rows.append(Row(f"real first {window} frames looped", long_scores(
         looped(tensor_to_frames(real), num_frames, window), list(range(window, num_frames, window))), None))
     if out_dir is not None:
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--checkpoint", required=True, help="an image-to-video stage's run directory (runs/demo/i2v)")
     parser.add_argument("--data", default="data/toy", help="toy data root (with videos/val-*.tar)")
     parser.add_argument("--num-frames", type=int, default=24)
-    parser.add_argument("--overlap", type=int, default=2)
+    parser.add_argument("--overlap", type=int, default=None, help="frames shared by windows (default: half the window)")
     parser.add_argument("--num-clips", type=int, default=16)
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's preset)")
     parser.add_argument("--methods", nargs="*", default=None, help=f"a subset of {', '.join(METHODS)}")
@@ -151,7 +163,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows = run_long_check(args.checkpoint, args.data, args.num_frames, args.overlap, args.num_clips,
                           methods=args.methods, out_dir=Path(args.samples) if args.samples else None,
                           steps=args.steps)
-    print(f"[vldm] long check: {args.num_frames} frames, overlap {args.overlap}, {rows[0].scores.num_clips} clips, "
+    overlap = "half the window" if args.overlap is None else args.overlap
+    print(f"[vldm] long check: {args.num_frames} frames, overlap {overlap}, {rows[0].scores.num_clips} clips, "
           f"{args.steps or 'preset'} steps")
     print(table(rows))
     if args.out:

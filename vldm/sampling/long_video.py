@@ -12,6 +12,13 @@ Two methods, both wrapping the per-window denoiser so that the samplers of
   frames replaced at every step by the previous window's last latents re-noised to the current
   sigma with the noise those frames were drawn with (inpainting by replacement, as in RePaint /
   SDEdit-style conditioning), so nothing is decoded and re-encoded between windows.
+  ``condition=carried`` (image-to-video): window ``j`` is conditioned on its own first frame, a
+  carried one, instead of the clip's image, as the model was trained (a clip's first frame is its
+  conditioning image) and as autoregressive image-to-video extension does (SVD, Blattmann et al.
+  2023, conditions on the last frame); ``carried-concat`` takes only the concatenated latent from
+  it and keeps the first image's embedding. ``reconstruction=w`` adds reconstruction guidance (Ho et
+  al. 2022, "Video Diffusion Models"): the new frames' prediction moved by ``-w`` times the gradient,
+  with respect to the window's noisy latents, of the squared error of the carried frames' prediction.
 
 ``anchor``: each window's per-channel latent mean and std matched to the first window's, against
 colour and exposure drift. With ``num_frames`` at most the window every method is the plain sampler.
@@ -33,21 +40,27 @@ Sample = Callable[[Denoise, torch.Tensor], torch.Tensor]  # (denoise, noise scal
 
 METHODS = ("none", "windows", "extend")
 NOISES = ("independent", "freenoise")
+CONDITIONS = ("first", "carried", "carried-concat")
+Recondition = Callable[[torch.Tensor], Denoise]  # a window's first-frame latents (clips, c, h, w) -> its denoiser
 
 
 @dataclass(frozen=True)
 class LongVideo:
     """How to generate more frames than the model's ``window`` (its trained clip length).
 
-    ``overlap``: frames shared by neighbouring windows; ``prompts``: text-to-video, one caption per
-    window (None: the clip's caption for every window).
+    ``overlap``: frames shared by neighbouring windows (None: half the window); ``condition``: what
+    each window of an image-to-video clip is conditioned on (``first``: the clip's image; ``carried``
+    / ``carried-concat``, ``extend`` only: the window's first frame, see the module doc);
+    ``prompts``: text-to-video, one caption per window (None: the clip's caption for every window).
     """
 
     method: str = "none"
     window: int | None = None
-    overlap: int = 2
+    overlap: int | None = None
     noise: str = "independent"
     anchor: bool = False
+    condition: str = "first"
+    reconstruction: float = 0.0
     prompts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -55,6 +68,17 @@ class LongVideo:
             raise ValueError(f"long.method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.noise not in NOISES:
             raise ValueError(f"long.noise must be one of {', '.join(NOISES)}; got {self.noise!r}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"long.condition must be one of {', '.join(CONDITIONS)}; got {self.condition!r}")
+        if self.condition != "first" and self.method != "extend":
+            raise ValueError(f"long.condition={self.condition} conditions each window on the frames carried into "
+                             f"it: it needs long.method=extend, got long.method={self.method}")
+        if self.reconstruction < 0 or (self.reconstruction > 0 and self.method != "extend"):
+            raise ValueError(f"long.reconstruction guides the frames carried into a window: it needs "
+                             f"long.method=extend and a weight of at least 0, got {self.reconstruction} with "
+                             f"long.method={self.method}")
+        if self.overlap is None and self.window is not None:
+            object.__setattr__(self, "overlap", self.window // 2)
         if self.method != "none":
             if self.window is None or self.window < 1:
                 raise ValueError(f"long.method={self.method} needs the model's window (its trained clip length) of "
@@ -166,15 +190,26 @@ def windowed_denoiser(denoisers: Sequence[Denoise], spans: Sequence[tuple[int, i
     return denoise
 
 
-def carried_denoiser(denoise: Denoise, known: torch.Tensor, known_noise: torch.Tensor, clips: int) -> Denoise:
+def carried_denoiser(denoise: Denoise, known: torch.Tensor, known_noise: torch.Tensor, clips: int,
+                     reconstruction: float = 0.0) -> Denoise:
     """``denoise`` on a window whose first ``k`` frames are known latents ``known`` ``(clips, k, ...)``:
-    those frames enter as ``known + sigma * known_noise`` and come out as ``known``."""
+    those frames enter as ``known + sigma * known_noise`` and come out as ``known``; ``reconstruction``:
+    the other frames' prediction minus that weight times the gradient of ``0.5 * |D(x)[:k] - known|^2``
+    with respect to their noisy latents (reconstruction guidance)."""
     k = known.shape[1]
 
     def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         xs = _frames(x, clips).clone()
         xs[:, :k] = known + sigma * known_noise
-        out = _frames(denoise(_fold(xs), sigma), clips).clone()
+        if reconstruction == 0:
+            out = _frames(denoise(_fold(xs), sigma), clips).clone()
+        else:
+            with torch.enable_grad():
+                xg = _fold(xs).detach().requires_grad_(True)
+                pred = _frames(denoise(xg, sigma), clips)
+                error = 0.5 * (pred[:, :k] - known).pow(2).sum()
+                (grad,) = torch.autograd.grad(error, xg)
+            out = (pred.detach() - reconstruction * _frames(grad, clips)).clone()
         out[:, :k] = known
         return _fold(out)
 
@@ -215,28 +250,33 @@ def denoise_calls(sampler: str, steps: int) -> int:
 
 def sample_long(sample: Sample, denoisers: Sequence[Denoise], noise: torch.Tensor, sigma_start: torch.Tensor,
                 clips: int, spans: Sequence[tuple[int, int]], long: LongVideo, calls: int,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, recondition: Recondition | None = None) -> torch.Tensor:
     """Latents ``(clips * t, c, h, w)`` of a long clip: ``denoisers[j]`` denoises window ``j``,
-    ``sample(denoise, x)`` runs the solver from ``x`` at ``sigma_start``, ``noise`` is N(0, I)."""
+    ``sample(denoise, x)`` runs the solver from ``x`` at ``sigma_start``, ``noise`` is N(0, I);
+    ``recondition`` (``extend``): window ``j > 0``'s denoiser made from its first frame's latents instead."""
     bar = tqdm(total=calls * len(spans), desc=f"sampling {len(spans)} windows", disable=not progress, leave=False)
     scale = torch.sqrt(1.0 + sigma_start ** 2)
     try:
         if long.method == "windows":
             z = _frames(sample(windowed_denoiser(denoisers, spans, clips, bar), noise * scale), clips)
             return _fold(anchor_windows(z, spans) if long.anchor else z)
-        return _fold(_extend(sample, denoisers, _frames(noise, clips), scale, clips, spans, long.anchor, bar))
+        return _fold(_extend(sample, denoisers, _frames(noise, clips), scale, clips, spans, long.anchor, bar,
+                             recondition, long.reconstruction))
     finally:
         bar.close()
 
 
 def _extend(sample: Sample, denoisers: Sequence[Denoise], noise: torch.Tensor, scale: torch.Tensor, clips: int,
-            spans: Sequence[tuple[int, int]], anchor: bool, bar: tqdm) -> torch.Tensor:
+            spans: Sequence[tuple[int, int]], anchor: bool, bar: tqdm,
+            recondition: Recondition | None = None, reconstruction: float = 0.0) -> torch.Tensor:
     """Window after window, each carrying the frames it shares with the one before (see the module doc)."""
     z, reference, done = torch.empty_like(noise), None, 0
     for (s, e), d in zip(spans, denoisers):
         eps = noise[:, s:e]
         if s < done:
-            d = carried_denoiser(d, z[:, s:done], eps[:, :done - s], clips)
+            if recondition is not None:
+                d = recondition(z[:, s])
+            d = carried_denoiser(d, z[:, s:done], eps[:, :done - s], clips, reconstruction)
         d = _counted(d, bar)
         window = _frames(sample(d, _fold(eps * scale).contiguous()), clips)
         if anchor:

@@ -159,10 +159,12 @@ class LatentDiffusionSampler:
 
     def sample_latents(self, inputs: dict, shape: tuple[int, ...], num_frames: int, cfg: SamplerConfig,
                        generator: Generators = None, long: LongVideo | None = None,
-                       segment_inputs: Sequence[dict] | None = None) -> torch.Tensor:
+                       segment_inputs: Sequence[dict] | None = None,
+                       window_inputs: Callable[[torch.Tensor], dict] | None = None) -> torch.Tensor:
         """Latents ``(b * t, c, h, w)`` for conditioning ``inputs`` of ``b`` samples (``generator``: one,
         or one per sample). ``long``: more frames than the model's window, in windows
-        (:mod:`vldm.sampling.long_video`); ``segment_inputs``: one conditioning per window instead of ``inputs``."""
+        (:mod:`vldm.sampling.long_video`); ``segment_inputs``: one conditioning per window instead of ``inputs``;
+        ``window_inputs`` (``extend``): each later window's conditioning from its first frame's latents ``(b, c, h, w)``."""
         clips = shape[0] // num_frames
         sigmas = sigma_schedule(cfg.schedule, cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(self.device)
         if long is None or not long.applies(num_frames):
@@ -181,8 +183,12 @@ class LatentDiffusionSampler:
         def solve(denoise: Denoise, x: torch.Tensor) -> torch.Tensor:
             return SAMPLERS[cfg.name](denoise, x, sigmas, progress=False)
 
+        def recondition(first: torch.Tensor) -> Denoise:
+            return self.window_denoiser(window_inputs(first), clips, long.window, cfg)
+
         return sample_long(solve, denoisers, noise, sigmas[0], clips, spans, long,
-                           denoise_calls(cfg.name, cfg.num_steps), progress=cfg.progress)
+                           denoise_calls(cfg.name, cfg.num_steps), progress=cfg.progress,
+                           recondition=recondition if window_inputs is not None else None)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, chunk_size: int | None = None, num_frames: int | None = None,
@@ -256,7 +262,25 @@ class LatentDiffusionSampler:
         f = self.first_stage.downsample_factor
         c = self.network.config.out_channels
         shape = (image.shape[0] * num_frames, c, image.shape[2] // f, image.shape[3] // f)
-        return self.sample_latents(inputs, shape, num_frames, cfg, generator, long=long)
+        window_inputs = None
+        if long is not None and long.condition != "first":
+            def window_inputs(first: torch.Tensor) -> dict:
+                return self.carried_inputs(first, image, long.condition, fps_id, motion_bucket_id, cond_aug,
+                                           generator)
+        return self.sample_latents(inputs, shape, num_frames, cfg, generator, long=long, window_inputs=window_inputs)
+
+    @torch.no_grad()
+    def carried_inputs(self, first: torch.Tensor, image: torch.Tensor, condition: str, fps_id: torch.Tensor | int,
+                       motion_bucket_id: torch.Tensor | int, cond_aug: float,
+                       generator: Generators = None) -> dict[str, torch.Tensor]:
+        """The i2v inputs of a window starting at latents ``first`` ``(b, c, h, w)``: that frame decoded is the
+        conditioning image (noise-augmented for the concatenated latent, as in :func:`i2v_inputs`); with
+        ``condition="carried-concat"`` the image embedding stays that of the clip's ``image``."""
+        frame = self.decode(first, num_frames=1).to(image)
+        inputs = i2v_inputs(frame, fps_id, motion_bucket_id, cond_aug, generator=generator)
+        if condition == "carried-concat":
+            inputs["cond_frames_without_noise"] = image
+        return inputs
 
     @torch.no_grad()
     def image_to_video(self, image: torch.Tensor, num_frames: int, fps_id: int = 6, motion_bucket_id: int = 127,
@@ -266,7 +290,8 @@ class LatentDiffusionSampler:
 
         ``seed``: one for the batch, or one per image, so that video ``i`` is what a call with
         ``image[i:i+1]`` and ``seed[i]`` gives, whatever the batch. ``long``: more frames than the
-        model's window, generated in windows (one conditioning image for all).
+        model's window, generated in windows (each window conditioned on ``image``, or with
+        ``long.condition`` on its own first frame).
         """
         self._start_measuring()
         z = self.image_to_video_latents(image, num_frames, fps_id, motion_bucket_id, cond_aug, cfg, seed, long)
@@ -284,6 +309,9 @@ class LatentDiffusionSampler:
             raise ValueError(f"{len(seed)} seeds for {len(captions)} captions: give one seed, or one per caption")
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        if long is not None and long.condition != "first":
+            raise ValueError(f"long.condition={long.condition} conditions each window on its first frame, an "
+                             "image-to-video input; text-to-video windows take the prompt (or long.prompts)")
         generator = seeded_generators(seed)
         inputs = t2v_inputs(captions, fps_id, motion_bucket_id, self.device)
         segments = None
